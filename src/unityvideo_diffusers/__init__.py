@@ -1,0 +1,20 @@
+"""UnityVideo for Hugging Face diffusers: one video DiT for text->video+modality, control and perception."""
+
+from .modalities import RELEASED_MODALITIES, known_modalities, modality_prompt, register_modality, resolve_modality
+from .models import UnityVideoControlEncoder, UnityVideoTransformer3DModel, UnityVideoTransformerOutput
+from .tasks import TASK_NAMES, resolve_task
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "RELEASED_MODALITIES",
+    "TASK_NAMES",
+    "UnityVideoControlEncoder",
+    "UnityVideoTransformer3DModel",
+    "UnityVideoTransformerOutput",
+    "known_modalities",
+    "modality_prompt",
+    "register_modality",
+    "resolve_modality",
+    "resolve_task",
+]
