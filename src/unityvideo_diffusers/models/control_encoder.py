@@ -18,8 +18,8 @@ class UnityVideoControlEncoder(nn.Module):
         in_channels (`int`): latent channels.
         dim (`int`): transformer width.
         patch_size (`tuple[int, int, int]`): (t, h, w) patch, kernel = stride.
-        modalities (`list[str]`): names of the modalities with an identity embedding; their order
-            defines the integer modality ids.
+        modalities (`list[str]`): names of the modalities with an identity embedding; this order defines the
+            integer modality ids.
     """
 
     def __init__(self, in_channels: int, dim: int, patch_size: tuple[int, int, int], modalities: list[str]):
@@ -28,17 +28,19 @@ class UnityVideoControlEncoder(nn.Module):
         self.proj_in = nn.Linear(dim, dim)
         nn.init.zeros_(self.proj_in.weight)
         nn.init.zeros_(self.proj_in.bias)
+        # ParameterDict sorts plain-dict keys, so the id order is kept separately
+        self.modalities = list(modalities)
         self.modality_embeddings = nn.ParameterDict({name: nn.Parameter(torch.zeros(dim)) for name in modalities})
 
     def add_modality(self, name: str) -> None:
-        reference = self.proj_in.bias
-        self.modality_embeddings[name] = nn.Parameter(torch.zeros_like(reference))
+        self.modality_embeddings[name] = nn.Parameter(torch.zeros_like(self.proj_in.bias))
+        self.modalities.append(name)
 
     def forward(self, latents: torch.Tensor, modality_ids: torch.LongTensor | None = None) -> torch.Tensor:
         """latents (B, C, F, H, W) -> tokens (B, f*h*w, dim); `modality_ids` (B,) selects identities."""
         tokens = self.patch_embedding(latents).flatten(2).transpose(1, 2)
         tokens = self.proj_in(tokens)
         if modality_ids is not None:
-            identities = torch.stack(list(self.modality_embeddings.values()))
+            identities = torch.stack([self.modality_embeddings[name] for name in self.modalities])
             tokens = tokens + identities[modality_ids].unsqueeze(1).to(tokens.dtype)
         return tokens

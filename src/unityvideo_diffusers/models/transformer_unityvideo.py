@@ -170,6 +170,13 @@ class UnityVideoTransformerBlock(WanTransformerBlock):
         return modulation
 
 
+def _resolve_or_none(resolve, name):
+    try:
+        return resolve(name)
+    except ValueError:
+        return None
+
+
 TransformerBlockRegistry.register(
     model_class=UnityVideoTransformerBlock,
     metadata=TransformerBlockMetadata(return_hidden_states_index=0, return_encoder_hidden_states_index=None),
@@ -244,9 +251,9 @@ class UnityVideoTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, Ca
             dim=inner_dim, time_freq_dim=freq_dim, time_proj_dim=inner_dim * 6, text_embed_dim=text_dim
         )
         self.condition_embedder.timesteps_proj = Float64Timesteps(freq_dim)
-        self.task_embedding = nn.Embedding(len(TASK_NAMES), inner_dim) if task_embedding else None
-        if self.task_embedding is not None:
-            nn.init.zeros_(self.task_embedding.weight)
+        self.task_embedder = nn.Embedding(len(TASK_NAMES), inner_dim) if task_embedding else None
+        if self.task_embedder is not None:
+            nn.init.zeros_(self.task_embedder.weight)
 
         num_modality_tables = len(modalities) if modality_adaln else 0
         self.blocks = nn.ModuleList(
@@ -436,8 +443,8 @@ class UnityVideoTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, Ca
         if time_embedder_dtype != torch.int8:
             sinusoid = sinusoid.to(time_embedder_dtype)
         temb = embedder.time_embedder(sinusoid).unflatten(0, timestep.shape).to(dtype)
-        if self.task_embedding is not None and task_ids is not None:
-            task_emb = self.task_embedding(task_ids).to(dtype)
+        if self.task_embedder is not None and task_ids is not None:
+            task_emb = self.task_embedder(task_ids).to(dtype)
             temb = temb + task_emb.view(task_emb.shape[0], *([1] * (temb.ndim - 2)), -1)
         timestep_proj = embedder.time_proj(embedder.act_fn(temb)).unflatten(-1, (6, -1))
         return temb, timestep_proj
@@ -546,7 +553,7 @@ class UnityVideoTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, Ca
             raise ValueError(f"Got {len(values)} {kind} names for a batch of {batch_size}.")
         ids = []
         for item in values:
-            name = resolve(item)
+            name = item if item in names else _resolve_or_none(resolve, item)
             if name not in names:
                 raise ValueError(f"This model has no {kind} {item!r}; it has: {', '.join(names)}.")
             ids.append(names.index(name))

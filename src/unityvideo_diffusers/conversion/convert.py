@@ -1,0 +1,325 @@
+"""Released UnityVideo checkpoint <-> diffusers folder.
+
+Both directions plan everything first (keys mapped, shapes checked, checksum verified, base components
+found) and only then write, tensor by tensor, into a temporary location that is renamed into place at the
+end: a conversion either completes or leaves nothing behind, and its memory is one tensor at a time.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from diffusers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFETENSORS_WEIGHTS_NAME
+from huggingface_hub import split_state_dict_into_shards_factory
+from tqdm.auto import tqdm
+
+from ..modalities import RELEASED_MODALITIES
+from ..models import UnityVideoTransformer3DModel
+from .keymap import diffusers_to_released_key, modalities_in_released_keys, released_to_diffusers_key
+from .safetensors_stream import CheckpointError, SafetensorsReader, TensorInfo, sha256_of, write_safetensors
+
+logger = logging.getLogger(__name__)
+
+RELEASED_CHECKSUMS = {
+    "unityvideo_wan22_ti2v_5b_step15000_ema.safetensors": "0df3909e312526c46f68097958afa055868f73354fe4276d693f7ebc398e6a39",
+    "unityvideo_wan22_ti2v_5b_step15000.safetensors": "4ee83a43ffdbaee90e7ff6a25fe108d8d65d255cd0803e3972bbbfb5b01db48c",
+}
+BASE_COMPONENTS = ("vae", "text_encoder", "tokenizer", "scheduler")
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def transformer_config(checkpoint_keys, overrides: dict | None = None) -> dict:
+    """The released 5B config, with the checkpoint's own modalities, updated by `overrides` (model config keys)."""
+    signature = inspect.signature(UnityVideoTransformer3DModel.__init__).parameters.values()
+    defaults = {p.name: p.default for p in signature if p.name != "self"}
+    present = modalities_in_released_keys(checkpoint_keys)
+    modalities = [m for m in RELEASED_MODALITIES if m in present] + [m for m in present if m not in RELEASED_MODALITIES]
+    config = {**defaults, "modalities": modalities}
+    overrides = {key: value for key, value in (overrides or {}).items() if not key.startswith("_")}
+    if "architecture" in overrides:
+        raise CheckpointError(
+            "That is the authors' config.json, not a transformer config. The released 5B config is the default: "
+            "leave --transformer-config out, or give a JSON of UnityVideoTransformer3DModel config keys."
+        )
+    unknown = sorted(set(overrides) - set(defaults))
+    if unknown:
+        raise CheckpointError(f"Unknown transformer config keys {unknown}; valid keys: {sorted(defaults)}.")
+    config.update(overrides)
+    return config
+
+
+def expected_parameters(config: dict) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor a model of `config` stores, computed on the meta device (no allocation)."""
+    with torch.device("meta"):
+        model = UnityVideoTransformer3DModel(**config)
+    return {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+
+
+def plan_released_to_diffusers(source: dict[str, TensorInfo], config: dict) -> dict[str, str]:
+    """diffusers name -> released name for every tensor; raises naming every key or shape that does not fit."""
+    expected = expected_parameters(config)
+    plan, unmapped, mismatched = {}, [], []
+    for released_name, info in source.items():
+        name = released_to_diffusers_key(released_name)
+        if name is None or name not in expected:
+            unmapped.append(released_name)
+            continue
+        plan[name] = released_name
+        if tuple(info.shape) != expected[name]:
+            mismatched.append(f"{released_name} {tuple(info.shape)} -> {name} expects {expected[name]}")
+    missing = [diffusers_to_released_key(name) or name for name in expected if name not in plan]
+    _raise_if_any(unmapped, mismatched, missing, config)
+    return {name: plan[name] for name in expected}
+
+
+def _raise_if_any(unmapped: list[str], mismatched: list[str], missing: list[str], config: dict) -> None:
+    problems = []
+    for title, items in (
+        ("keys with no place in the model", unmapped),
+        ("shape mismatches", mismatched),
+        ("missing keys", missing),
+    ):
+        if items:
+            shown = "\n    ".join(items[:12]) + (f"\n    ... and {len(items) - 12} more" if len(items) > 12 else "")
+            problems.append(f"  {len(items)} {title}:\n    {shown}")
+    if problems:
+        hint = "" if not mismatched else "\n  (a model of another size needs --transformer-config with its config keys)"
+        raise CheckpointError(
+            "The checkpoint does not fit UnityVideoTransformer3DModel"
+            f" (layers={config['num_layers']}, dim={config['num_attention_heads'] * config['attention_head_dim']}):\n"
+            + "\n".join(problems)
+            + hint
+        )
+
+
+def verify_checksum(path: Path, expected: str | None, progress: bool = True) -> str | None:
+    """Check the file's SHA-256 against `expected`, or against the published one when the file name is a release."""
+    expected = expected or RELEASED_CHECKSUMS.get(path.name)
+    if expected is None:
+        return None
+    expected = expected.strip().lower()
+    if len(expected) != 64 or any(c not in "0123456789abcdef" for c in expected):
+        raise CheckpointError(f"--sha256 must be 64 hexadecimal characters, got {expected!r}.")
+    actual = sha256_of(path, progress=progress)
+    if actual != expected:
+        raise CheckpointError(f"SHA-256 mismatch for {path}: expected {expected}, got {actual}.")
+    return actual
+
+
+@contextmanager
+def _atomic_output(output: Path, overwrite: bool, is_dir: bool):
+    """Yield a temporary path beside `output`; move it to `output` only if the block completes."""
+    if output.exists() and not overwrite:
+        raise FileExistsError(f"{output} already exists; choose another --output or pass --overwrite.")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if is_dir:
+        temporary = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent))
+    else:
+        handle, name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent)
+        os.close(handle)
+        temporary = Path(name)
+    try:
+        yield temporary
+        if output.exists():
+            displaced = output.with_name(f".{output.name}.replaced")
+            os.replace(output, displaced)
+            os.replace(temporary, output)
+            shutil.rmtree(displaced) if displaced.is_dir() else displaced.unlink()
+        else:
+            os.replace(temporary, output)
+    finally:
+        if temporary.exists():
+            shutil.rmtree(temporary) if temporary.is_dir() else temporary.unlink()
+
+
+def _write_weights(
+    reader: SafetensorsReader,
+    plan: dict[str, str],
+    directory: Path,
+    dtype: torch.dtype,
+    max_shard_size: int | str,
+    progress: bool,
+) -> None:
+    """Write `plan` (new name -> source name) as diffusers' (sharded) safetensors weights into `directory`."""
+    specs = {name: (dtype, reader.tensors[source].shape) for name, source in plan.items()}
+    split = split_state_dict_into_shards_factory(
+        specs,
+        get_storage_size=lambda spec: spec[0].itemsize * int(torch.Size(spec[1]).numel()),
+        filename_pattern=SAFETENSORS_WEIGHTS_NAME.replace(".safetensors", "{suffix}.safetensors"),
+        max_shard_size=max_shard_size,
+    )
+    total = sum(dtype.itemsize * torch.Size(shape).numel() for _, shape in specs.values())
+    with tqdm(total=total, unit="B", unit_scale=True, desc="writing transformer", disable=not progress) as bar:
+        for filename, names in split.filename_to_tensors.items():
+            write_safetensors(
+                directory / filename,
+                {name: specs[name] for name in names},
+                lambda name: reader.read(plan[name]).to(dtype),
+                on_tensor=bar.update,
+            )
+    if split.is_sharded:
+        index = {"metadata": split.metadata, "weight_map": split.tensor_to_filename}
+        (directory / SAFE_WEIGHTS_INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+
+def _resolve_base(base: str) -> Path:
+    """A local Wan2.2 diffusers folder, or a Hub repo id fetched (only the parts we take) into the Hub cache."""
+    path = Path(base)
+    if not path.exists():
+        from huggingface_hub import snapshot_download
+
+        patterns = [f"{component}/*" for component in BASE_COMPONENTS] + ["model_index.json"]
+        path = Path(snapshot_download(base, allow_patterns=patterns))
+    missing = [component for component in BASE_COMPONENTS if not (path / component).is_dir()]
+    if missing or not (path / "model_index.json").is_file():
+        raise CheckpointError(
+            f"--base {base} is not a Wan2.2 diffusers pipeline folder: it lacks "
+            f"{', '.join(missing + ([] if (path / 'model_index.json').is_file() else ['model_index.json']))}."
+        )
+    return path
+
+
+def _link_or_copy(source: str, destination: str) -> None:
+    try:
+        os.link(os.path.realpath(source), destination)
+    except OSError:
+        shutil.copy2(source, destination)
+
+
+def _write_pipeline_parts(base: Path, directory: Path) -> None:
+    """Take vae, text encoder, tokenizer and scheduler from the Wan2.2 base; write UnityVideo's model_index.json."""
+    from diffusers import __version__ as diffusers_version
+
+    base_index = json.loads((base / "model_index.json").read_text())
+    index = {"_class_name": "UnityVideoPipeline", "_diffusers_version": diffusers_version}
+    for component in BASE_COMPONENTS:
+        shutil.copytree(base / component, directory / component, copy_function=_link_or_copy)
+        index[component] = base_index[component]
+    index["transformer"] = ["unityvideo_diffusers", "UnityVideoTransformer3DModel"]
+    (directory / "model_index.json").write_text(json.dumps(dict(sorted(index.items())), indent=2) + "\n")
+
+
+def convert_released_to_diffusers(
+    checkpoint: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    base: str | None = None,
+    transformer_config_overrides: dict | None = None,
+    transformer_only: bool = False,
+    dtype: str = "bf16",
+    sha256: str | None = None,
+    max_shard_size: int | str = "5GB",
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """
+    Convert the authors' single-file checkpoint into a diffusers folder.
+
+    `output/transformer/` always (or `output/` itself with `transformer_only`); with `base` (a Wan2.2-TI2V-5B
+    diffusers folder or Hub id) also `vae`, `text_encoder`, `tokenizer`, `scheduler` and `model_index.json`.
+    Returns the output path.
+    """
+    checkpoint, output = Path(checkpoint), Path(output)
+    if dtype not in DTYPES:
+        raise CheckpointError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}.")
+    if transformer_only and base is not None:
+        raise CheckpointError("--transformer-only writes the transformer alone; it cannot be combined with --base.")
+    if output.exists() and not overwrite:
+        raise FileExistsError(f"{output} already exists; choose another --output or pass --overwrite.")
+
+    reader = SafetensorsReader(checkpoint)
+    verify_checksum(checkpoint, sha256, progress)
+    config = transformer_config(reader.tensors, transformer_config_overrides)
+    plan = plan_released_to_diffusers(reader.tensors, config)
+    base_path = _resolve_base(base) if base is not None else None
+
+    with _atomic_output(output, overwrite, is_dir=True) as staging:
+        transformer_dir = staging if transformer_only else staging / "transformer"
+        transformer_dir.mkdir(exist_ok=True)
+        with torch.device("meta"):
+            UnityVideoTransformer3DModel(**config).save_config(transformer_dir)
+        with reader:
+            _write_weights(reader, plan, transformer_dir, DTYPES[dtype], max_shard_size, progress)
+        if base_path is not None:
+            _write_pipeline_parts(base_path, staging)
+    logger.info("Wrote %s", output)
+    return output
+
+
+def _transformer_folder(folder: Path) -> Path:
+    for candidate in (folder / "transformer", folder):
+        if (candidate / "config.json").is_file():
+            return candidate
+    raise CheckpointError(f"{folder} holds no transformer config.json (looked in {folder}/transformer and {folder}).")
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    index = folder / SAFE_WEIGHTS_INDEX_NAME
+    if index.is_file():
+        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return [folder / name for name in names]
+    single = folder / SAFETENSORS_WEIGHTS_NAME
+    if single.is_file():
+        return [single]
+    raise CheckpointError(f"{folder} has no {SAFETENSORS_WEIGHTS_NAME} or {SAFE_WEIGHTS_INDEX_NAME}.")
+
+
+def convert_diffusers_to_released(
+    folder: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    dtype: str = "bf16",
+    overwrite: bool = False,
+    progress: bool = True,
+) -> tuple[Path, str]:
+    """
+    Write a UnityVideo diffusers folder (pipeline or transformer) as one checkpoint in the authors' layout, e.g. to
+    run a fine-tune in their code. Returns the output path and its SHA-256.
+    """
+    folder, output = Path(folder), Path(output)
+    if dtype not in DTYPES:
+        raise CheckpointError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}.")
+    if output.suffix != ".safetensors":
+        raise CheckpointError(f"The released layout is one .safetensors file; got --output {output}.")
+    transformer_dir = _transformer_folder(folder)
+    config = json.loads((transformer_dir / "config.json").read_text())
+    if config.get("_class_name") != UnityVideoTransformer3DModel.__name__:
+        raise CheckpointError(f"{transformer_dir} holds a {config.get('_class_name')}, not a UnityVideo transformer.")
+    config = transformer_config([], config)
+    if config["modality_adaln"] or config["task_embedding"]:
+        raise CheckpointError(
+            "This model uses options the authors' code lacks (modality_adaln / task_embedding); "
+            "it cannot be written in the released layout."
+        )
+
+    reader = SafetensorsReader(_weight_files(transformer_dir))
+    expected = expected_parameters(config)
+    unmapped = sorted(set(reader.tensors) - set(expected))
+    missing = [name for name in expected if name not in reader.tensors]
+    mismatched = [
+        f"{name} {tuple(reader.tensors[name].shape)} != {shape}"
+        for name, shape in expected.items()
+        if name in reader.tensors and tuple(reader.tensors[name].shape) != shape
+    ]
+    no_place = [name for name in expected if diffusers_to_released_key(name) is None]
+    _raise_if_any(unmapped + no_place, mismatched, missing, config)
+
+    plan = {diffusers_to_released_key(name): name for name in expected}
+    with _atomic_output(output, overwrite, is_dir=False) as staging, reader:
+        total = sum(DTYPES[dtype].itemsize * torch.Size(reader.tensors[n].shape).numel() for n in plan.values())
+        with tqdm(total=total, unit="B", unit_scale=True, desc="writing checkpoint", disable=not progress) as bar:
+            write_safetensors(
+                staging,
+                {name: (DTYPES[dtype], reader.tensors[source].shape) for name, source in plan.items()},
+                lambda name: reader.read(plan[name]).to(DTYPES[dtype]),
+                on_tensor=bar.update,
+            )
+    return output, sha256_of(output, progress=progress)

@@ -1,0 +1,56 @@
+"""Tiny configurations shared by the tests. Everything is built from configs: no network, no weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+# head_dim 24: diffusers' and DiffSynth's RoPE splits agree (head_dim % 6 < 3); see the reference file, section 10.
+TINY = dict(
+    num_attention_heads=2,
+    attention_head_dim=24,
+    in_channels=4,
+    out_channels=4,
+    text_dim=16,
+    freq_dim=32,
+    ffn_dim=64,
+    num_layers=2,
+)
+TEXT_LEN = 7
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return ((actual.double() - expected.double()).abs().max() / expected.double().abs().max()).item()
+
+
+def random_inputs(batch=2, frames=3, height=4, width=6, channels=4, text_dim=16, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    shape = (batch, channels, frames, height, width)
+    return dict(
+        hidden_states=torch.randn(shape, generator=generator),
+        modality_hidden_states=torch.randn(shape, generator=generator),
+        timestep=torch.rand(batch, generator=generator) * 1000,
+        encoder_hidden_states=torch.randn(batch, TEXT_LEN, text_dim, generator=generator),
+        modality_encoder_hidden_states=torch.randn(batch, TEXT_LEN, text_dim, generator=generator),
+    )
+
+
+def randomize_parameters(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Give every parameter (zero-initialised ones too) random values, so nothing can pass by being zero."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            noise = torch.randn(parameter.shape, generator=generator, dtype=torch.float32)
+            if "norm" in name and name.endswith("weight"):
+                parameter.copy_(1 + 0.1 * noise)
+            else:
+                parameter.copy_(0.2 * noise)
+    return model
+
+
+@pytest.fixture
+def tiny_model():
+    from unityvideo_diffusers import UnityVideoTransformer3DModel
+
+    torch.manual_seed(0)
+    return randomize_parameters(UnityVideoTransformer3DModel(**TINY)).eval()
