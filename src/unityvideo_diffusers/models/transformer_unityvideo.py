@@ -300,39 +300,32 @@ class UnityVideoTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, Ca
             "freq_dim", "ffn_dim", "num_layers", "cross_attn_norm", "qk_norm", "eps", "rope_max_seq_len",
         ]  # fmt: skip
         config = {key: wan_config[key] for key in shared_keys}
-        modalities = [resolve_modality(m) if isinstance(m, str) else m for m in modalities]
+        modalities = [_resolve_or_none(resolve_modality, name) or name for name in modalities]
         with torch.device("meta"):
             model = cls(**config, modalities=modalities, modality_adaln=modality_adaln, task_embedding=task_embedding)
+        model.rope = UnityVideoRotaryPosEmbed(config["attention_head_dim"], config["patch_size"], config["rope_max_seq_len"])
+        model.rope.to(wan_transformer.rope.freqs_cos.device)
 
-        wan_state = wan_transformer.state_dict()
-        missing, unexpected = model.load_state_dict(wan_state, strict=False, assign=True)
+        missing, unexpected = model.load_state_dict(wan_transformer.state_dict(), strict=False, assign=True)
         if unexpected:
             raise ValueError(f"Wan weights without a place in UnityVideo: {unexpected[:8]}")
-        model.rope = wan_transformer.rope.__class__.__new__(UnityVideoRotaryPosEmbed)
-        model.rope.__dict__.update(wan_transformer.rope.__dict__)  # same config, so the same RoPE tables
-
-        reference = wan_transformer.proj_out.weight
-        zeros = lambda shape, like=reference: torch.zeros(shape, dtype=like.dtype, device=like.device)  # noqa: E731
-        added = {
-            "control_encoder.patch_embedding.weight": wan_transformer.patch_embedding.weight.detach().clone(),
-            "control_encoder.patch_embedding.bias": wan_transformer.patch_embedding.bias.detach().clone(),
-            "control_encoder.proj_in.weight": zeros(model.control_encoder.proj_in.weight.shape),
-            "control_encoder.proj_in.bias": zeros(model.control_encoder.proj_in.bias.shape),
-            "modality_proj_out.weight": wan_transformer.proj_out.weight.detach().clone(),
-            "modality_proj_out.bias": wan_transformer.proj_out.bias.detach().clone(),
-            "modality_scale_shift_table": wan_transformer.scale_shift_table.detach().clone(),
+        # the authors' initialisation: copies of the RGB input and output layers, everything else zero
+        copies = {
+            "control_encoder.patch_embedding.weight": wan_transformer.patch_embedding.weight,
+            "control_encoder.patch_embedding.bias": wan_transformer.patch_embedding.bias,
+            "modality_proj_out.weight": wan_transformer.proj_out.weight,
+            "modality_proj_out.bias": wan_transformer.proj_out.bias,
+            "modality_scale_shift_table": wan_transformer.scale_shift_table,
         }
-        for name in modalities:
-            added[f"control_encoder.modality_embeddings.{name}"] = zeros(model.control_encoder.proj_in.bias.shape)
-        for key in missing:
-            if key not in added:  # optional extensions: all zero-initialised
-                shape = model.get_parameter(key).shape
-                like = wan_transformer.scale_shift_table if "scale_shift_table" in key else reference
-                added[key] = zeros(shape, like)
-        not_initialised = set(missing) - set(added)
-        if not_initialised:
-            raise ValueError(f"UnityVideo parameters with no initialisation: {sorted(not_initialised)}")
-        model.load_state_dict(added, strict=False, assign=True)
+
+        def initial_value(key: str) -> torch.Tensor:
+            if key in copies:
+                return copies[key].detach().clone()
+            # modulation tables follow Wan's (kept in fp32), other parameters its weights
+            like = wan_transformer.scale_shift_table if "scale_shift_table" in key else wan_transformer.proj_out.weight
+            return torch.zeros(model.get_parameter(key).shape, dtype=like.dtype, device=like.device)
+
+        model.load_state_dict({key: initial_value(key) for key in missing}, strict=False, assign=True)
         return model.train(wan_transformer.training)
 
     def add_modality(self, name: str) -> None:
