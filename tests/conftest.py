@@ -54,3 +54,20 @@ def tiny_model():
 
     torch.manual_seed(0)
     return randomize_parameters(UnityVideoTransformer3DModel(**TINY)).eval()
+
+
+def reference_for(config: dict, seed: int = 0):
+    """The independent reference model with the sizes of a UnityVideoTransformer3DModel `config`, random weights."""
+    from reference_unityvideo import ReferenceUnifiedWan, randomize_
+
+    reference = ReferenceUnifiedWan(
+        dim=config["num_attention_heads"] * config["attention_head_dim"],
+        num_heads=config["num_attention_heads"],
+        num_layers=config["num_layers"],
+        ffn_dim=config["ffn_dim"],
+        in_channels=config["in_channels"],
+        out_channels=config["out_channels"],
+        text_dim=config["text_dim"],
+        freq_dim=config["freq_dim"],
+    )
+    return randomize_(reference, seed).eval()

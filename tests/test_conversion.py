@@ -9,8 +9,7 @@ import sys
 
 import pytest
 import torch
-from conftest import TINY
-from reference_unityvideo import ReferenceUnifiedWan, randomize_
+from conftest import TINY, reference_for
 from safetensors.torch import load_file, save_file
 
 from unityvideo_diffusers import UnityVideoTransformer3DModel
@@ -29,17 +28,7 @@ TINY_CONFIG = {**TINY}
 
 
 def released_state(dtype=torch.bfloat16, seed=0):
-    reference = ReferenceUnifiedWan(
-        dim=TINY["num_attention_heads"] * TINY["attention_head_dim"],
-        num_heads=TINY["num_attention_heads"],
-        num_layers=TINY["num_layers"],
-        ffn_dim=TINY["ffn_dim"],
-        in_channels=TINY["in_channels"],
-        out_channels=TINY["out_channels"],
-        text_dim=TINY["text_dim"],
-        freq_dim=TINY["freq_dim"],
-    )
-    randomize_(reference, seed)
+    reference = reference_for(TINY, seed)
     return {name: tensor.to(dtype).contiguous() for name, tensor in reference.state_dict().items()}
 
 

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import relative_error
-from reference_unityvideo import ReferenceUnifiedWan, randomize_
+from conftest import reference_for, relative_error
 from safetensors.torch import save_file
 
 from unityvideo_diffusers import UnityVideoTransformer3DModel
@@ -20,50 +19,32 @@ MODALITIES = ["depth", "densepose", "raft", "segmentation", "skeleton"]
 TOLERANCE = 1e-5
 # head dims where DiffSynth's and diffusers' RoPE splits coincide (head_dim % 6 < 3)
 CONFIGS = {
-    "head_dim_24": dict(num_heads=2, head_dim=24, layers=2, ffn=64, channels=4, text_dim=16, freq_dim=32),
-    "head_dim_12": dict(num_heads=3, head_dim=12, layers=3, ffn=40, channels=8, text_dim=12, freq_dim=16),
-    "head_dim_48": dict(num_heads=1, head_dim=48, layers=1, ffn=96, channels=4, text_dim=20, freq_dim=64),
-}
+    "head_dim_24": dict(num_attention_heads=2, attention_head_dim=24, num_layers=2, ffn_dim=64, in_channels=4,
+                        out_channels=4, text_dim=16, freq_dim=32),
+    "head_dim_12": dict(num_attention_heads=3, attention_head_dim=12, num_layers=3, ffn_dim=40, in_channels=8,
+                        out_channels=8, text_dim=12, freq_dim=16),
+    "head_dim_48": dict(num_attention_heads=1, attention_head_dim=48, num_layers=1, ffn_dim=96, in_channels=4,
+                        out_channels=4, text_dim=20, freq_dim=64),
+}  # fmt: skip
 
 
 @pytest.fixture(scope="module", params=list(CONFIGS))
 def pair(request, tmp_path_factory):
-    spec = CONFIGS[request.param]
-    reference = ReferenceUnifiedWan(
-        dim=spec["num_heads"] * spec["head_dim"],
-        num_heads=spec["num_heads"],
-        num_layers=spec["layers"],
-        ffn_dim=spec["ffn"],
-        in_channels=spec["channels"],
-        out_channels=spec["channels"],
-        text_dim=spec["text_dim"],
-        freq_dim=spec["freq_dim"],
-    )
-    randomize_(reference, 0)
-    reference.eval()
+    config = CONFIGS[request.param]
+    reference = reference_for(config)
     folder = tmp_path_factory.mktemp(request.param)
     save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, folder / "released.safetensors")
-    config = dict(
-        num_attention_heads=spec["num_heads"],
-        attention_head_dim=spec["head_dim"],
-        in_channels=spec["channels"],
-        out_channels=spec["channels"],
-        text_dim=spec["text_dim"],
-        freq_dim=spec["freq_dim"],
-        ffn_dim=spec["ffn"],
-        num_layers=spec["layers"],
-    )
     convert_released_to_diffusers(
         folder / "released.safetensors", folder / "converted", transformer_config_overrides=config, dtype="fp32",
         transformer_only=True, progress=False,
     )
     model = UnityVideoTransformer3DModel.from_pretrained(folder / "converted").eval()
-    return reference, model, spec
+    return reference, model, config
 
 
 def make_inputs(spec, batch, frames, height, width, seed=0, text_len=9):
     generator = torch.Generator().manual_seed(seed)
-    shape = (batch, spec["channels"], frames, height, width)
+    shape = (batch, spec["in_channels"], frames, height, width)
     return (
         torch.randn(shape, generator=generator),
         torch.randn(shape, generator=generator),
