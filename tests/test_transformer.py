@@ -155,7 +155,7 @@ def test_return_tuple(tiny_model):
         (dict(encoder_hidden_states=torch.randn(2, 7, 8)), "encoder_hidden_states"),
         (dict(modality_encoder_hidden_states=torch.randn(2, 9, 16)), "same length"),
         (dict(modality=["depth"]), "1 modality names for a batch of 2"),
-        (dict(task="inpainting"), "no task .inpainting.; it has: joint, control, perception"),
+        (dict(task="inpainting"), "Unknown task .inpainting.. Known: joint, control, perception"),
     ],
 )
 def test_bad_inputs_are_named(tiny_model, change, message):

@@ -2,14 +2,26 @@
 
 from .modalities import RELEASED_MODALITIES, known_modalities, modality_prompt, register_modality, resolve_modality
 from .models import UnityVideoControlEncoder, UnityVideoTransformer3DModel, UnityVideoTransformerOutput
+from .pipelines import (
+    UnityVideoControlPipeline,
+    UnityVideoPerceptionPipeline,
+    UnityVideoPipeline,
+    UnityVideoPipelineOutput,
+)
+from .schedulers import LinearFlowMatchEulerScheduler
 from .tasks import TASK_NAMES, resolve_task
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "LinearFlowMatchEulerScheduler",
     "RELEASED_MODALITIES",
     "TASK_NAMES",
     "UnityVideoControlEncoder",
+    "UnityVideoControlPipeline",
+    "UnityVideoPerceptionPipeline",
+    "UnityVideoPipeline",
+    "UnityVideoPipelineOutput",
     "UnityVideoTransformer3DModel",
     "UnityVideoTransformerOutput",
     "known_modalities",

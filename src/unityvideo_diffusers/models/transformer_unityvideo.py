@@ -381,7 +381,7 @@ class UnityVideoTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, Ca
         self._check_inputs(hidden_states, modality_hidden_states, encoder_hidden_states, modality_encoder_hidden_states)
         timestep = self._check_timestep(timestep, latent_shape, num_streams)
         device = hidden_states.device
-        modality_ids = self._ids(modality, latent_shape[0], self.config.modalities, resolve_modality, "modality", device)
+        modality_ids = self._ids(modality, latent_shape[0], self.config.modalities, self.resolve_modality_name, "modality", device)
         task_ids = self._ids(task, latent_shape[0], TASK_NAMES, lambda name: resolve_task(name).name, "task", device)
 
         # 1. Tokens of each stream, stream-major, and their RoPE positions on the side-by-side grid
@@ -526,10 +526,16 @@ class UnityVideoTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, Ca
             )
         return timestep
 
+    def resolve_modality_name(self, name: str) -> str:
+        """This model's name for a modality (aliases such as "flow" resolved); raises naming the model's modalities."""
+        known = list(self.config.modalities)
+        canonical = name if name in known else _resolve_or_none(resolve_modality, name)
+        if canonical not in known:
+            raise ValueError(f"This model has no modality {name!r}; it has: {', '.join(known)}.")
+        return canonical
+
     @staticmethod
-    def _ids(
-        value, batch_size: int, names: Sequence[str], resolve, kind: str, device: torch.device
-    ) -> torch.LongTensor | None:
+    def _ids(value, batch_size: int, names: Sequence[str], resolve, kind: str, device) -> torch.LongTensor | None:
         """A name, a list of names (one per sample), or ids -> LongTensor (B,) of indices into `names`."""
         if value is None:
             return None
@@ -544,10 +550,4 @@ class UnityVideoTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, Ca
         values = [value] * batch_size if isinstance(value, str) else list(value)
         if len(values) != batch_size:
             raise ValueError(f"Got {len(values)} {kind} names for a batch of {batch_size}.")
-        ids = []
-        for item in values:
-            name = item if item in names else _resolve_or_none(resolve, item)
-            if name not in names:
-                raise ValueError(f"This model has no {kind} {item!r}; it has: {', '.join(names)}.")
-            ids.append(names.index(name))
-        return torch.tensor(ids, dtype=torch.long, device=device)
+        return torch.tensor([names.index(resolve(item)) for item in values], dtype=torch.long, device=device)

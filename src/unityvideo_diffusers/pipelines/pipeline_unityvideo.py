@@ -1,0 +1,83 @@
+"""Text -> video, optionally with a jointly generated modality video."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import PIL.Image
+import torch
+
+from ..tasks import resolve_task
+from .pipeline_unityvideo_base import UnityVideoBasePipeline
+
+
+class UnityVideoPipeline(UnityVideoBasePipeline):
+    r"""
+    Text -> RGB video, with `modality="depth"` (or any of the transformer's modalities) also the matching modality
+    video, generated jointly; `modality=None` is plain text-to-video. `image=` keeps a first frame, as Wan2.2-TI2V does.
+
+    ```py
+    >>> pipe = UnityVideoPipeline.from_pretrained("path/to/unityvideo-5b", torch_dtype=torch.bfloat16).to("cuda")
+    >>> out = pipe("a red ball bouncing on a wooden floor", modality="depth", num_frames=33, height=256, width=256)
+    >>> out.frames[0], out.modality_frames[0]  # (F, H, W, 3) arrays in [0, 1]
+    ```
+    """
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str] | None = None,
+        negative_prompt: str | list[str] | None = None,
+        modality: str | list[str] | None = None,
+        image: PIL.Image.Image | list[PIL.Image.Image] | None = None,
+        height: int = 256,
+        width: int = 256,
+        num_frames: int = 33,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 5.0,
+        num_videos_per_prompt: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        modality_latents: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        modality_prompt_embeds: torch.Tensor | None = None,
+        output_type: str = "np",
+        return_dict: bool = True,
+        attention_kwargs: dict[str, Any] | None = None,
+        callback_on_step_end: Callable | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ["latents"],
+        max_sequence_length: int = 512,
+    ):
+        r"""
+        Args:
+            prompt: what to generate; or pass `prompt_embeds` (then the pipeline needs no text encoder).
+            negative_prompt: used with guidance (`guidance_scale > 1`); default empty.
+            modality: a modality to generate with the video (name, or one per prompt), or `None`.
+            image: a first frame to keep (one, or one per prompt).
+            height, width: multiples of 32 (VAE 16x, patch 2); the released model was trained at 256 x 256.
+            num_frames: 4k+1; the released model was trained on 33.
+            num_inference_steps, guidance_scale: sampling steps; classifier-free guidance on the RGB prompt (off at 1).
+            num_videos_per_prompt, generator, latents, modality_latents: as in diffusers; latents are float32 noise
+                of shape (B, C, F', H', W').
+            prompt_embeds, negative_prompt_embeds, modality_prompt_embeds: pre-encoded texts (B, L, D); the modality
+                prompt defaults to the modality's fixed prompt, encoded once and cached.
+            output_type: "np", "pil", "pt" or "latent".
+            return_dict: a [`UnityVideoPipelineOutput`], or the tuple `(frames, modality_frames)`.
+            attention_kwargs: passed to the transformer (e.g. `{"scale": 0.8}` for LoRA).
+            callback_on_step_end, callback_on_step_end_tensor_inputs: called after each step with the named tensors
+                (`latents`, `modality_latents`, `prompt_embeds`, `negative_prompt_embeds`); returned ones replace them.
+            max_sequence_length: text tokens (512 as in training).
+        """
+        return self._run(
+            task=resolve_task("joint"), prompt=prompt, negative_prompt=negative_prompt, modality=modality,
+            condition_video=None, image=image, height=height, width=width, num_frames=num_frames,
+            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+            num_videos_per_prompt=num_videos_per_prompt, generator=generator, latents=latents,
+            modality_latents=modality_latents, prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds, modality_prompt_embeds=modality_prompt_embeds,
+            output_type=output_type, return_dict=return_dict, attention_kwargs=attention_kwargs,
+            callback_on_step_end=callback_on_step_end,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+            max_sequence_length=max_sequence_length,
+        )  # fmt: skip

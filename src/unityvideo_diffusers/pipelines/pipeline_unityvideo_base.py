@@ -1,0 +1,487 @@
+"""What the three UnityVideo pipelines share: components, text and video encoding, checks, and the one denoising loop.
+
+A job is a choice of noisy streams (see `tasks.py`): the loop steps every noisy stream with its own copy of the
+scheduler (multistep schedulers keep per-stream history) and feeds every clean stream unchanged, all at the noisy
+streams' shared timestep, as the model was trained.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Callable
+
+import torch
+from diffusers import AutoencoderKLWan, DiffusionPipeline
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.loaders import WanLoraLoaderMixin
+from diffusers.pipelines.wan.pipeline_wan import WanPipeline
+from diffusers.utils.torch_utils import randn_tensor
+from diffusers.video_processor import VideoProcessor
+from transformers import PreTrainedTokenizerBase, UMT5EncoderModel
+
+from ..modalities import modality_prompt
+from ..models import UnityVideoTransformer3DModel
+from ..tasks import Task
+from ..video_io import VideoInput, as_video_list, load_frames, prepare_video
+from .pipeline_output import UnityVideoPipelineOutput
+
+
+class UnityVideoBasePipeline(DiffusionPipeline, WanLoraLoaderMixin):
+    r"""
+    Components: `tokenizer` and `text_encoder` (UMT5; optional when every text is passed pre-encoded), `transformer`
+    ([`UnityVideoTransformer3DModel`]), `vae` ([`AutoencoderKLWan`], Wan2.2) and `scheduler` (any diffusers
+    flow-matching scheduler).
+    """
+
+    model_cpu_offload_seq = "text_encoder->transformer->vae"
+    _callback_tensor_inputs = ["latents", "modality_latents", "prompt_embeds", "negative_prompt_embeds"]
+    _optional_components = ["tokenizer", "text_encoder"]
+
+    # UMT5 prompt encoding exactly as diffusers' Wan pipelines do it (padding embeddings zeroed, no mask)
+    encode_prompt = WanPipeline.encode_prompt
+    _get_t5_prompt_embeds = WanPipeline._get_t5_prompt_embeds
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase | None,
+        text_encoder: UMT5EncoderModel | None,
+        transformer: UnityVideoTransformer3DModel,
+        vae: AutoencoderKLWan,
+        scheduler,
+    ):
+        super().__init__()
+        self.register_modules(
+            tokenizer=tokenizer, text_encoder=text_encoder, transformer=transformer, vae=vae, scheduler=scheduler
+        )
+        self.vae_scale_factor_temporal = vae.config.scale_factor_temporal if vae is not None else 4
+        self.vae_scale_factor_spatial = vae.config.scale_factor_spatial if vae is not None else 16
+        self.video_processor = VideoProcessor(vae_scale_factor=self.vae_scale_factor_spatial)
+        self._modality_prompt_cache: dict[tuple, torch.Tensor] = {}
+
+    # ------------------------------------------------------------------ properties used by the loop and callbacks
+
+    @property
+    def guidance_scale(self) -> float:
+        return self._guidance_scale
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        return self._guidance_scale > 1.0
+
+    @property
+    def num_timesteps(self) -> int:
+        return self._num_timesteps
+
+    @property
+    def current_timestep(self):
+        return self._current_timestep
+
+    @property
+    def interrupt(self) -> bool:
+        return self._interrupt
+
+    @property
+    def attention_kwargs(self):
+        return self._attention_kwargs
+
+    # ------------------------------------------------------------------ checks
+
+    def check_inputs(
+        self,
+        prompt,
+        negative_prompt,
+        prompt_embeds,
+        negative_prompt_embeds,
+        height,
+        width,
+        num_frames,
+        num_inference_steps,
+        num_videos_per_prompt,
+        callback_on_step_end_tensor_inputs,
+    ) -> None:
+        """Everything that can be checked before any heavy work."""
+        p_t, p_h, p_w = self.transformer.config.patch_size
+        multiple_h, multiple_w = self.vae_scale_factor_spatial * p_h, self.vae_scale_factor_spatial * p_w
+        for name, value, multiple in (("height", height, multiple_h), ("width", width, multiple_w)):
+            if not isinstance(value, int) or value <= 0 or value % multiple:
+                raise ValueError(
+                    f"`{name}` must be a positive multiple of {multiple} (VAE {self.vae_scale_factor_spatial}x times "
+                    f"patch {multiple // self.vae_scale_factor_spatial}), got {value!r}."
+                )
+        temporal = self.vae_scale_factor_temporal * p_t
+        if not isinstance(num_frames, int) or num_frames < 1 or (num_frames - 1) % temporal:
+            raise ValueError(f"`num_frames` must be {temporal}k+1 (1, {temporal + 1}, {2 * temporal + 1}, ...), got {num_frames!r}.")
+        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise ValueError(f"`num_inference_steps` must be a positive integer, got {num_inference_steps!r}.")
+        if not isinstance(num_videos_per_prompt, int) or num_videos_per_prompt < 1:
+            raise ValueError(f"`num_videos_per_prompt` must be a positive integer, got {num_videos_per_prompt!r}.")
+        unknown = [k for k in callback_on_step_end_tensor_inputs or [] if k not in self._callback_tensor_inputs]
+        if unknown:
+            raise ValueError(f"`callback_on_step_end_tensor_inputs` {unknown} not in {self._callback_tensor_inputs}.")
+
+        if prompt is not None and prompt_embeds is not None:
+            raise ValueError("Pass either `prompt` or `prompt_embeds`, not both.")
+        if negative_prompt is not None and negative_prompt_embeds is not None:
+            raise ValueError("Pass either `negative_prompt` or `negative_prompt_embeds`, not both.")
+        if prompt is None and prompt_embeds is None:
+            raise ValueError("Pass `prompt` or `prompt_embeds`.")
+        for name, value in (("prompt", prompt), ("negative_prompt", negative_prompt)):
+            if value is not None and not (isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))):
+                raise TypeError(f"`{name}` must be a string or a list of strings, got {type(value).__name__}.")
+        if isinstance(prompt, list) and isinstance(negative_prompt, list) and len(prompt) != len(negative_prompt):
+            raise ValueError(f"{len(prompt)} prompts but {len(negative_prompt)} negative prompts.")
+        if prompt_embeds is not None and prompt_embeds.ndim != 3:
+            raise ValueError(f"`prompt_embeds` must be (B, L, D), got {tuple(prompt_embeds.shape)}.")
+        needs_encoder = prompt is not None or (negative_prompt is not None) or (
+            self.do_classifier_free_guidance and negative_prompt_embeds is None
+        )
+        if needs_encoder and (self.text_encoder is None or self.tokenizer is None):
+            raise ValueError(
+                "This pipeline has no text encoder: pass `prompt_embeds` (and `negative_prompt_embeds` with "
+                "guidance_scale > 1) instead of text."
+            )
+
+    @staticmethod
+    def _batch_size(prompt, prompt_embeds) -> int:
+        if isinstance(prompt, str):
+            return 1
+        return len(prompt) if prompt is not None else prompt_embeds.shape[0]
+
+    def _modality_names(self, modality, batch_size: int) -> list[str]:
+        """One of the transformer's modality names per prompt (a name for all, or a list of one per prompt)."""
+        names = [modality] * batch_size if isinstance(modality, str) else list(modality)
+        if len(names) != batch_size:
+            raise ValueError(f"Got {len(names)} modalities for {batch_size} prompts.")
+        return [self.transformer.resolve_modality_name(name) for name in names]
+
+    # ------------------------------------------------------------------ text
+
+    def encode_modality_prompt(
+        self, modalities: list[str], max_sequence_length: int, device: torch.device, dtype: torch.dtype
+    ) -> torch.Tensor:
+        """The fixed prompt of each sample's modality, encoded once per pipeline and reused across steps and calls."""
+        embeds = []
+        for name in modalities:
+            key = (name, max_sequence_length, str(device), dtype, id(self.text_encoder))
+            if key not in self._modality_prompt_cache:
+                if self.text_encoder is None or self.tokenizer is None:
+                    raise ValueError("This pipeline has no text encoder: pass `modality_prompt_embeds`.")
+                self._modality_prompt_cache[key] = self._get_t5_prompt_embeds(
+                    modality_prompt(name), 1, max_sequence_length, device, dtype
+                )
+            embeds.append(self._modality_prompt_cache[key])
+        return torch.cat(embeds)
+
+    def _encode_texts(
+        self,
+        prompt,
+        negative_prompt,
+        prompt_embeds,
+        negative_prompt_embeds,
+        modality_prompt_embeds,
+        modalities: list[str] | None,
+        num_videos_per_prompt: int,
+        max_sequence_length: int,
+        device: torch.device,
+    ):
+        """Prompt, negative prompt (only with guidance) and modality prompt embeddings, one row per video."""
+        prompt_embeds, negative_prompt_embeds = self.encode_prompt(
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            do_classifier_free_guidance=self.do_classifier_free_guidance,
+            num_videos_per_prompt=num_videos_per_prompt,
+            prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds,
+            max_sequence_length=max_sequence_length,
+            device=device,
+        )
+        if prompt is None:  # pre-encoded embeddings are per prompt, like text
+            prompt_embeds = prompt_embeds.repeat_interleave(num_videos_per_prompt, dim=0)
+            if negative_prompt_embeds is not None and negative_prompt_embeds.shape[0] != prompt_embeds.shape[0]:
+                negative_prompt_embeds = negative_prompt_embeds.repeat_interleave(num_videos_per_prompt, dim=0)
+        if modalities is not None:
+            if modality_prompt_embeds is None:
+                modality_prompt_embeds = self.encode_modality_prompt(modalities, max_sequence_length, device, prompt_embeds.dtype)
+            modality_prompt_embeds = modality_prompt_embeds.to(device).repeat_interleave(num_videos_per_prompt, dim=0)
+        dtype = self.transformer.dtype
+        embeds = [prompt_embeds, negative_prompt_embeds, modality_prompt_embeds]
+        rows = prompt_embeds.shape[0]
+        for name, tensor in zip(("negative_prompt_embeds", "modality_prompt_embeds"), embeds[1:]):
+            if tensor is not None and tensor.shape[0] != rows:
+                raise ValueError(f"`{name}` has {tensor.shape[0] // num_videos_per_prompt} rows for {rows // num_videos_per_prompt} prompts.")
+        return [None if tensor is None else tensor.to(device=device, dtype=dtype) for tensor in embeds]
+
+    # ------------------------------------------------------------------ latents and videos
+
+    def latent_shape(self, batch_size: int, num_frames: int, height: int, width: int) -> tuple[int, ...]:
+        return (
+            batch_size,
+            self.transformer.config.in_channels,
+            (num_frames - 1) // self.vae_scale_factor_temporal + 1,
+            height // self.vae_scale_factor_spatial,
+            width // self.vae_scale_factor_spatial,
+        )
+
+    def prepare_latents(self, shape, device, generator, latents=None, name="latents") -> torch.Tensor:
+        """Gaussian noise of `shape` (float32), or the given `latents` after a shape check."""
+        if latents is not None:
+            if tuple(latents.shape) != tuple(shape):
+                raise ValueError(f"`{name}` must have shape {tuple(shape)}, got {tuple(latents.shape)}.")
+            return latents.to(device=device, dtype=torch.float32)
+        if isinstance(generator, list) and len(generator) != shape[0]:
+            raise ValueError(f"Got {len(generator)} generators for a batch of {shape[0]} videos.")
+        return randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
+
+    def _latents_mean_std(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        config = self.vae.config
+        shape = (1, config.z_dim, 1, 1, 1)
+        mean = torch.tensor(config.latents_mean).view(shape).to(like.device, like.dtype)
+        std = torch.tensor(config.latents_std).view(shape).to(like.device, like.dtype)
+        return mean, std
+
+    def encode_video(self, videos: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """(B, 3, F, H, W) in [-1, 1] -> normalised latents (float32), the VAE's mode (deterministic)."""
+        videos = videos.to(device=device, dtype=self.vae.dtype)
+        latents = self.vae.encode(videos).latent_dist.mode()
+        mean, std = self._latents_mean_std(latents)
+        return ((latents - mean) / std).float()
+
+    def decode_latents(self, latents: torch.Tensor, output_type: str):
+        if output_type == "latent":
+            return latents
+        latents = latents.to(self.vae.dtype)
+        mean, std = self._latents_mean_std(latents)
+        video = self.vae.decode(latents * std + mean, return_dict=False)[0]
+        return self.video_processor.postprocess_video(video, output_type=output_type)
+
+    def prepare_condition_videos(
+        self, videos: VideoInput | list[VideoInput], batch_size: int, num_frames: int | None, height: int, width: int
+    ) -> tuple[torch.Tensor, int]:
+        """
+        Conditioning video(s) -> a (batch_size, 3, F, H, W) tensor in [-1, 1] and the frame count used. One video is
+        used for every prompt; several must match the prompts one to one. `num_frames=None` takes as many frames as
+        the shortest video allows (4k+1).
+        """
+        video_list = as_video_list(videos)
+        if len(video_list) not in (1, batch_size):
+            raise ValueError(f"Got {len(video_list)} videos for {batch_size} prompts; give one, or one per prompt.")
+        frames = [load_frames(video) for video in video_list]
+        temporal = self.vae_scale_factor_temporal
+        if num_frames is None:
+            num_frames = (min(len(f) for f in frames) - 1) // temporal * temporal + 1
+        short = [len(f) for f in frames if len(f) < num_frames]
+        if short:
+            raise ValueError(f"A conditioning video has {short[0]} frames; {num_frames} were requested.")
+        prepared = [prepare_video(f, num_frames, height, width) for f in frames]
+        tensor = self.video_processor.preprocess_video(prepared, height=height, width=width)
+        if tensor.shape[0] == 1 and batch_size > 1:
+            tensor = tensor.expand(batch_size, -1, -1, -1, -1)
+        return tensor, num_frames
+
+    # ------------------------------------------------------------------ the denoising loop
+
+    def _model_timestep(self, t: torch.Tensor, latents: torch.Tensor, two_streams: bool, keep_mask: torch.Tensor | None):
+        """One timestep per sample; with clean RGB latent frames (image guidance), per token, 0 on those frames."""
+        if keep_mask is None:
+            return t.expand(latents.shape[0])
+        p_t, p_h, p_w = self.transformer.config.patch_size
+        rgb = (keep_mask[0, 0, ::p_t, ::p_h, ::p_w] * t).flatten()
+        per_token = torch.cat([rgb, torch.full_like(rgb, float(t))]) if two_streams else rgb
+        return per_token.unsqueeze(0).expand(latents.shape[0], -1)
+
+    def _velocities(self, latents, modality_latents, timestep, prompt_embeds, negative_prompt_embeds,
+                    modality_prompt_embeds, modality, task, step, attention_kwargs):  # fmt: skip
+        """Both streams' velocities, with classifier-free guidance on the RGB prompt."""
+        dtype = self.transformer.dtype
+
+        def predict(text, branch):
+            with self.transformer.cache_context(branch):
+                return self.transformer(
+                    hidden_states=latents.to(dtype),
+                    timestep=timestep,
+                    encoder_hidden_states=text,
+                    modality_hidden_states=None if modality_latents is None else modality_latents.to(dtype),
+                    modality_encoder_hidden_states=modality_prompt_embeds,
+                    modality=modality,
+                    task=task,
+                    attention_kwargs=attention_kwargs,
+                    return_dict=False,
+                )
+
+        conditional = predict(prompt_embeds, "cond")
+        if not self.do_classifier_free_guidance:
+            return conditional
+        unconditional = predict(negative_prompt_embeds, "uncond")
+        scale = self.guidance_scale
+        return tuple(None if c is None else u + scale * (c - u) for c, u in zip(conditional, unconditional))
+
+    def denoise(
+        self,
+        *,
+        latents: torch.Tensor,
+        modality_latents: torch.Tensor | None,
+        task: Task,
+        timesteps: torch.Tensor,
+        prompt_embeds: torch.Tensor,
+        negative_prompt_embeds: torch.Tensor | None,
+        modality_prompt_embeds: torch.Tensor | None,
+        modality: list[str] | None,
+        image_latents: torch.Tensor | None = None,
+        keep_mask: torch.Tensor | None = None,
+        callback_on_step_end: Callable | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = (),
+        attention_kwargs: dict[str, Any] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """
+        The one loop of all jobs. `task` says which streams are noisy; clean streams are fed as they are. With
+        `image_latents`, RGB latent frames where `keep_mask` is 0 are held at those clean latents (Wan2.2 TI2V).
+        """
+        two_streams = modality_latents is not None
+        noisy = {"rgb": task.rgb_noisy, "modality": task.modality_noisy and two_streams}
+        self.scheduler.set_begin_index(0)
+        schedulers = {stream: copy.deepcopy(self.scheduler) for stream, is_noisy in noisy.items() if is_noisy}
+        self._num_timesteps = len(timesteps)
+
+        with self.progress_bar(total=len(timesteps)) as progress_bar:
+            for i, t in enumerate(timesteps):
+                if self.interrupt:
+                    continue
+                self._current_timestep = t
+                timestep = self._model_timestep(t, latents, two_streams, keep_mask)
+                velocity, modality_velocity = self._velocities(
+                    latents, modality_latents, timestep, prompt_embeds, negative_prompt_embeds,
+                    modality_prompt_embeds, modality, task.name, i, attention_kwargs,
+                )  # fmt: skip
+                if "rgb" in schedulers:
+                    latents = schedulers["rgb"].step(velocity, t, latents, return_dict=False)[0]
+                    if keep_mask is not None:
+                        latents = keep_mask * latents + (1 - keep_mask) * image_latents
+                if "modality" in schedulers:
+                    modality_latents = schedulers["modality"].step(modality_velocity, t, modality_latents, return_dict=False)[0]
+
+                if callback_on_step_end is not None:
+                    tensors = dict(latents=latents, modality_latents=modality_latents, prompt_embeds=prompt_embeds,
+                                   negative_prompt_embeds=negative_prompt_embeds)  # fmt: skip
+                    outputs = callback_on_step_end(self, i, t, {k: tensors[k] for k in callback_on_step_end_tensor_inputs})
+                    latents = outputs.pop("latents", latents)
+                    modality_latents = outputs.pop("modality_latents", modality_latents)
+                    prompt_embeds = outputs.pop("prompt_embeds", prompt_embeds)
+                    negative_prompt_embeds = outputs.pop("negative_prompt_embeds", negative_prompt_embeds)
+                progress_bar.update()
+        self._current_timestep = None
+        return latents, modality_latents
+
+    # ------------------------------------------------------------------ the call, shared by the three jobs
+
+    def _run(
+        self,
+        *,
+        task: Task,
+        prompt,
+        negative_prompt,
+        modality,
+        condition_video,
+        image,
+        height: int,
+        width: int,
+        num_frames: int | None,
+        num_inference_steps: int,
+        guidance_scale: float,
+        num_videos_per_prompt: int,
+        generator,
+        latents,
+        modality_latents,
+        prompt_embeds,
+        negative_prompt_embeds,
+        modality_prompt_embeds,
+        output_type: str,
+        return_dict: bool,
+        attention_kwargs,
+        callback_on_step_end,
+        callback_on_step_end_tensor_inputs,
+        max_sequence_length: int,
+    ):
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        if output_type not in ("np", "pil", "pt", "latent"):
+            raise ValueError(f"`output_type` must be 'np', 'pil', 'pt' or 'latent', got {output_type!r}.")
+        self._guidance_scale = guidance_scale
+        self._attention_kwargs = attention_kwargs
+        self._current_timestep = None
+        self._interrupt = False
+        device = self._execution_device
+
+        # 1. Checks (before any heavy work), batch and conditioning video
+        self.check_inputs(
+            prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, height, width,
+            num_frames if num_frames is not None else 1, num_inference_steps, num_videos_per_prompt,
+            callback_on_step_end_tensor_inputs,
+        )  # fmt: skip
+        batch_size = self._batch_size(prompt, prompt_embeds)
+        modalities = self._modality_names(modality, batch_size) if modality is not None else None
+        if task.name != "joint" and modalities is None:
+            raise ValueError(f"The {task.name} job needs `modality` (one of {', '.join(self.transformer.config.modalities)}).")
+        condition = None
+        if condition_video is not None:
+            condition, num_frames = self.prepare_condition_videos(condition_video, batch_size, num_frames, height, width)
+            self.check_inputs(
+                prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, height, width, num_frames,
+                num_inference_steps, num_videos_per_prompt, callback_on_step_end_tensor_inputs,
+            )  # fmt: skip
+        image_frame = None
+        if image is not None:
+            images = image if isinstance(image, list) else [image]
+            image_frame = self.prepare_condition_videos([[frame] for frame in images], batch_size, 1, height, width)[0]
+
+        # 2. Texts
+        prompt_embeds, negative_prompt_embeds, modality_prompt_embeds = self._encode_texts(
+            prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, modality_prompt_embeds, modalities,
+            num_videos_per_prompt, max_sequence_length, device,
+        )  # fmt: skip
+        videos = batch_size * num_videos_per_prompt
+        modalities = None if modalities is None else [m for m in modalities for _ in range(num_videos_per_prompt)]
+
+        # 3. Timesteps
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = self.scheduler.timesteps
+
+        # 4. Latents: noise for the noisy streams, encoded videos for the clean ones
+        shape = self.latent_shape(videos, num_frames, height, width)
+        if condition is not None:
+            condition_latents = self.encode_video(condition, device).repeat_interleave(num_videos_per_prompt, dim=0)
+        if task.rgb_noisy:
+            latents = self.prepare_latents(shape, device, generator, latents)
+        else:
+            latents = condition_latents
+        if task.modality_noisy:
+            modality_latents = None if modalities is None else self.prepare_latents(shape, device, generator, modality_latents, "modality_latents")
+        else:
+            modality_latents = condition_latents
+        keep_mask = image_latents = None
+        if image_frame is not None:
+            first = self.encode_video(image_frame, device).repeat_interleave(num_videos_per_prompt, dim=0)
+            keep_mask = torch.ones((1, 1, *shape[2:]), device=device)
+            keep_mask[:, :, 0] = 0
+            image_latents = torch.zeros_like(latents)
+            image_latents[:, :, :1] = first
+            latents = keep_mask * latents + (1 - keep_mask) * image_latents
+
+        # 5. Denoise
+        latents, modality_latents = self.denoise(
+            latents=latents, modality_latents=modality_latents, task=task, timesteps=timesteps,
+            prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
+            modality_prompt_embeds=modality_prompt_embeds, modality=modalities, image_latents=image_latents,
+            keep_mask=keep_mask, callback_on_step_end=callback_on_step_end,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, attention_kwargs=attention_kwargs,
+        )  # fmt: skip
+
+        # 6. Decode what the job produces
+        frames = self.decode_latents(latents, output_type) if task.rgb_noisy else None
+        modality_frames = None
+        if task.modality_noisy and modality_latents is not None:
+            modality_frames = self.decode_latents(modality_latents, output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (frames, modality_frames)
+        return UnityVideoPipelineOutput(frames=frames, modality_frames=modality_frames)
+

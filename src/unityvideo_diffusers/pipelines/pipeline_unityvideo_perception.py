@@ -1,0 +1,76 @@
+"""RGB video -> modality video: estimation (depth, optical flow, segmentation, ...)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from ..tasks import resolve_task
+from ..video_io import VideoInput
+from .pipeline_unityvideo_base import UnityVideoBasePipeline
+
+
+class UnityVideoPerceptionPipeline(UnityVideoBasePipeline):
+    r"""
+    An RGB video -> its modality video (a visualisation, e.g. colour-mapped depth).
+
+    ```py
+    >>> pipe = UnityVideoPerceptionPipeline.from_pretrained("path/to/unityvideo-5b", torch_dtype=torch.bfloat16)
+    >>> depth = pipe(video="street.mp4", modality="depth").modality_frames[0]
+    ```
+    """
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        video: VideoInput | list[VideoInput] = None,
+        modality: str | list[str] = None,
+        prompt: str | list[str] | None = None,
+        negative_prompt: str | list[str] | None = None,
+        height: int = 256,
+        width: int = 256,
+        num_frames: int | None = None,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 1.0,
+        num_videos_per_prompt: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        modality_latents: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        modality_prompt_embeds: torch.Tensor | None = None,
+        output_type: str = "np",
+        return_dict: bool = True,
+        attention_kwargs: dict[str, Any] | None = None,
+        callback_on_step_end: Callable | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ["modality_latents"],
+        max_sequence_length: int = 512,
+    ):
+        r"""
+        Args:
+            video: the RGB video (same forms as [`UnityVideoControlPipeline`]'s `control_video`), or a list of one per
+                prompt.
+            modality: what to estimate (name, or one per video).
+            prompt: an optional caption of the video (the reference uses an empty one, the default); with several
+                videos and no prompt, each gets an empty caption.
+            guidance_scale: 1 (no guidance) by default, as the reference.
+            Other arguments as in [`UnityVideoPipeline`]. The output's `frames` is `None`.
+        """
+        if video is None:
+            raise ValueError("Pass `video`: the RGB video to estimate the modality of.")
+        if modality is None:
+            raise ValueError("Pass `modality`: what to estimate (e.g. 'depth').")
+        if prompt is None and prompt_embeds is None:
+            prompt = [""] * (len(modality) if isinstance(modality, list) else 1)
+        return self._run(
+            task=resolve_task("perception"), prompt=prompt, negative_prompt=negative_prompt, modality=modality,
+            condition_video=video, image=None, height=height, width=width, num_frames=num_frames,
+            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+            num_videos_per_prompt=num_videos_per_prompt, generator=generator, latents=None,
+            modality_latents=modality_latents, prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds, modality_prompt_embeds=modality_prompt_embeds,
+            output_type=output_type, return_dict=return_dict, attention_kwargs=attention_kwargs,
+            callback_on_step_end=callback_on_step_end,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+            max_sequence_length=max_sequence_length,
+        )  # fmt: skip
