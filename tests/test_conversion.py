@@ -177,7 +177,7 @@ def test_base_makes_a_complete_pipeline_folder(released_file, tmp_path):
     convert_released_to_diffusers(released_file, output, base=str(base), transformer_config_overrides=TINY_CONFIG, progress=False)
     index = json.loads((output / "model_index.json").read_text())
     assert index["_class_name"] == "UnityVideoPipeline"
-    assert index["transformer"] == ["unityvideo_diffusers", "UnityVideoTransformer3DModel"]
+    assert index["transformer"] == ["unityvideo_diffusers.models.transformer_unityvideo", "UnityVideoTransformer3DModel"]
     assert index["vae"] == ["diffusers", "AutoencoderKLWan"]
     for component in ("vae", "text_encoder", "tokenizer", "scheduler"):
         assert json.loads((output / component / "config.json").read_text()) == {"component": component}

@@ -203,7 +203,8 @@ def _write_pipeline_parts(base: Path, directory: Path) -> None:
     for component in BASE_COMPONENTS:
         shutil.copytree(base / component, directory / component, copy_function=_link_or_copy)
         index[component] = base_index[component]
-    index["transformer"] = ["unityvideo_diffusers", "UnityVideoTransformer3DModel"]
+    # what diffusers' save_pretrained records for a model outside diffusers and transformers
+    index["transformer"] = [UnityVideoTransformer3DModel.__module__, UnityVideoTransformer3DModel.__name__]
     (directory / "model_index.json").write_text(json.dumps(dict(sorted(index.items())), indent=2) + "\n")
 
 

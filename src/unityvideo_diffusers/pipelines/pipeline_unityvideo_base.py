@@ -41,6 +41,11 @@ class UnityVideoBasePipeline(DiffusionPipeline, WanLoraLoaderMixin):
     encode_prompt = WanPipeline.encode_prompt
     _get_t5_prompt_embeds = WanPipeline._get_t5_prompt_embeds
 
+    @classmethod
+    def _maybe_expand_t2v_lora_for_i2v(cls, transformer, state_dict):
+        # Wan's loader widens text-to-video LoRAs for I2V image layers; UnityVideo has no image branch
+        return state_dict
+
     def __init__(
         self,
         tokenizer: PreTrainedTokenizerBase | None,

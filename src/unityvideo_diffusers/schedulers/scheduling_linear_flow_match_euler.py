@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
@@ -27,5 +26,6 @@ class LinearFlowMatchEulerScheduler(FlowMatchEulerDiscreteScheduler):
         if sigmas is None and timesteps is None:
             if not num_inference_steps or num_inference_steps < 1:
                 raise ValueError(f"`num_inference_steps` must be a positive integer, got {num_inference_steps}.")
-            sigmas = np.linspace(1.0, 0.0, num_inference_steps + 1)[:-1]
+            # torch's float32 linspace, bit for bit the grid of the reference loop
+            sigmas = torch.linspace(1.0, 0.0, num_inference_steps + 1, dtype=torch.float32)[:-1].numpy()
         super().set_timesteps(num_inference_steps, device=device, sigmas=sigmas, mu=mu, timesteps=timesteps)
