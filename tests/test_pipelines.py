@@ -337,3 +337,56 @@ def test_bad_input_is_refused_before_heavy_work(components, monkeypatch, pipelin
     monkeypatch.setattr(pipe.vae, "encode", lambda *a, **k: pytest.fail("the VAE ran"))
     with pytest.raises(error, match=message):
         pipe(**{"num_frames": 5, "height": 64, "width": 64, "num_inference_steps": 1, **kwargs})
+
+
+# ---------------------------------------------------------------- longer than one window
+
+
+def test_window_plan():
+    from unityvideo_diffusers.pipelines.pipeline_unityvideo_base import window_plan
+
+    assert window_plan(9, 9, 2) == [(0, 9)]
+    assert window_plan(20, 9, 2) == [(0, 9), (7, 16), (11, 20)]
+    assert window_plan(5, 3, 1) == [(0, 3), (2, 5)]
+
+
+@torch.no_grad()
+def test_windows_continue_the_previous_window(components):
+    pipe = make(UnityVideoPipeline, components, scheduler=LinearFlowMatchEulerScheduler())
+    noise = torch.randn(1, 48, 5, 4, 4, generator=seeded(7))
+    modality_noise = torch.randn(1, 48, 5, 4, 4, generator=seeded(8))
+    common = dict(modality="depth", **SIZE, num_inference_steps=3, guidance_scale=1.0, output_type="latent")
+    long = pipe("a", num_frames=17, latents=noise, modality_latents=modality_noise, window_frames=9,
+                window_overlap_frames=4, **common)  # fmt: skip
+    first_window = pipe("a", num_frames=9, latents=noise[:, :, :3], modality_latents=modality_noise[:, :, :3], **common)
+    # windows (0, 3) and (2, 5) in latent frames: the second holds frame 2 to the first's result
+    assert torch.equal(long.frames[:, :, :3], first_window.frames)
+    assert torch.equal(long.modality_frames[:, :, :3], first_window.modality_frames)
+    unwindowed = pipe("a", num_frames=17, latents=noise, modality_latents=modality_noise, **common)
+    assert not torch.allclose(long.frames[:, :, 3:], unwindowed.frames[:, :, 3:])
+
+
+@torch.no_grad()
+def test_long_perception_and_control(components):
+    video = rgb_video(frames=25)
+    perception = make(UnityVideoPerceptionPipeline, components)
+    out = perception(video=video, modality="depth", **SIZE, num_inference_steps=2, window_frames=9, window_overlap_frames=8)
+    assert out.modality_frames.shape == (1, 25, 64, 64, 3)
+    control = make(UnityVideoControlPipeline, components)
+    out = control("a", control_video=video, modality="depth", **SIZE, num_inference_steps=2, window_frames=13)
+    assert out.frames.shape == (1, 25, 64, 64, 3)
+    with pytest.raises(ValueError, match="window_overlap_frames"):
+        control("a", control_video=video, modality="depth", **SIZE, window_frames=9, window_overlap_frames=8 + 1)
+
+
+def test_held_frames_get_timestep_zero(components):
+    from unityvideo_diffusers.pipelines.pipeline_unityvideo_base import Hold
+
+    pipe = make(UnityVideoPipeline, components)
+    latents = torch.zeros(2, 48, 3, 4, 4)
+    keep = torch.tensor([0.0, 0.5, 1.0]).view(1, 1, 3, 1, 1)
+    timestep = pipe._model_timestep(torch.tensor(800.0), latents, True, {"rgb": Hold(torch.zeros_like(latents), keep)})
+    tokens = 2 * 2  # per latent frame
+    assert timestep.shape == (2, 2 * 3 * tokens)
+    assert timestep[0, :tokens].eq(0).all() and timestep[0, tokens : 2 * tokens].eq(400).all()
+    assert timestep[0, 3 * tokens :].eq(800).all()  # the modality stream is not held

@@ -48,6 +48,8 @@ class UnityVideoPipeline(UnityVideoBasePipeline):
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],
         max_sequence_length: int = 512,
+        window_frames: int | None = None,
+        window_overlap_frames: int = 8,
     ):
         r"""
         Args:
@@ -68,6 +70,9 @@ class UnityVideoPipeline(UnityVideoBasePipeline):
             callback_on_step_end, callback_on_step_end_tensor_inputs: called after each step with the named tensors
                 (`latents`, `modality_latents`, `prompt_embeds`, `negative_prompt_embeds`); returned ones replace them.
             max_sequence_length: text tokens (512 as in training).
+            window_frames, window_overlap_frames: a video longer than `window_frames` (4k+1; default the 33 frames the
+                released model was trained on) is made in windows, each conditioned on the last
+                `window_overlap_frames` (a multiple of 4) of the previous one.
         """
         return self._run(
             task=resolve_task("joint"), prompt=prompt, negative_prompt=negative_prompt, modality=modality,
@@ -79,5 +84,6 @@ class UnityVideoPipeline(UnityVideoBasePipeline):
             output_type=output_type, return_dict=return_dict, attention_kwargs=attention_kwargs,
             callback_on_step_end=callback_on_step_end,
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
-            max_sequence_length=max_sequence_length,
+            max_sequence_length=max_sequence_length, window_frames=window_frames,
+            window_overlap_frames=window_overlap_frames,
         )  # fmt: skip

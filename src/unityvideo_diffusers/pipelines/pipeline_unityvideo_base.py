@@ -8,6 +8,7 @@ streams' shared timestep, as the model was trained.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -26,6 +27,29 @@ from ..video_io import VideoInput, as_video_list, load_frames, prepare_video
 from .pipeline_output import UnityVideoPipelineOutput
 
 
+@dataclass
+class Hold:
+    """Latent frames of a noisy stream pinned to `target`: after each step, `keep * latents + (1 - keep) * target`.
+    `keep` (1, 1, F', 1, 1) is 0 on fully held frames and 1 on free ones."""
+
+    target: torch.Tensor
+    keep: torch.Tensor
+
+    def apply(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.keep * latents + (1 - self.keep) * self.target
+
+
+def window_plan(num_frames: int, window: int, overlap: int) -> list[tuple[int, int]]:
+    """[start, end) latent-frame windows of length `window` covering `num_frames`, consecutive ones sharing at least
+    `overlap` frames; the last one ends at the last frame."""
+    if num_frames <= window:
+        return [(0, num_frames)]
+    if not 0 <= overlap < window:
+        raise ValueError(f"The window overlap ({overlap} latent frames) must be smaller than the window ({window}).")
+    starts = list(range(0, num_frames - window, window - overlap)) + [num_frames - window]
+    return [(start, start + window) for start in starts]
+
+
 class UnityVideoBasePipeline(DiffusionPipeline, WanLoraLoaderMixin):
     r"""
     Components: `tokenizer` and `text_encoder` (UMT5; optional when every text is passed pre-encoded), `transformer`
@@ -34,6 +58,7 @@ class UnityVideoBasePipeline(DiffusionPipeline, WanLoraLoaderMixin):
     """
 
     model_cpu_offload_seq = "text_encoder->transformer->vae"
+    default_window_frames = 33  # the length the released model was trained on
     _callback_tensor_inputs = ["latents", "modality_latents", "prompt_embeds", "negative_prompt_embeds"]
     _optional_components = ["tokenizer", "text_encoder"]
 
@@ -285,14 +310,20 @@ class UnityVideoBasePipeline(DiffusionPipeline, WanLoraLoaderMixin):
 
     # ------------------------------------------------------------------ the denoising loop
 
-    def _model_timestep(self, t: torch.Tensor, latents: torch.Tensor, two_streams: bool, keep_mask: torch.Tensor | None):
-        """One timestep per sample; with clean RGB latent frames (image guidance), per token, 0 on those frames."""
-        if keep_mask is None:
+    def _model_timestep(self, t: torch.Tensor, latents: torch.Tensor, two_streams: bool, holds: dict[str, Hold]):
+        """One timestep per sample; with held latent frames, per token: `t` scaled by each frame's keep weight (0 on
+        fully held frames, as Wan2.2 TI2V does for its clean first frame)."""
+        if not holds:
             return t.expand(latents.shape[0])
         p_t, p_h, p_w = self.transformer.config.patch_size
-        rgb = (keep_mask[0, 0, ::p_t, ::p_h, ::p_w] * t).flatten()
-        per_token = torch.cat([rgb, torch.full_like(rgb, float(t))]) if two_streams else rgb
-        return per_token.unsqueeze(0).expand(latents.shape[0], -1)
+        frames, height, width = latents.shape[2] // p_t, latents.shape[3] // p_h, latents.shape[4] // p_w
+
+        def per_token(stream: str) -> torch.Tensor:
+            keep = holds[stream].keep.flatten()[::p_t] if stream in holds else torch.ones(frames, device=latents.device)
+            return (keep[:, None] * t).expand(frames, height * width).flatten()
+
+        timestep = torch.cat([per_token("rgb"), per_token("modality")]) if two_streams else per_token("rgb")
+        return timestep.unsqueeze(0).expand(latents.shape[0], -1)
 
     def _velocities(self, latents, modality_latents, timestep, prompt_embeds, negative_prompt_embeds,
                     modality_prompt_embeds, modality, task, step, attention_kwargs):  # fmt: skip
@@ -331,38 +362,41 @@ class UnityVideoBasePipeline(DiffusionPipeline, WanLoraLoaderMixin):
         negative_prompt_embeds: torch.Tensor | None,
         modality_prompt_embeds: torch.Tensor | None,
         modality: list[str] | None,
-        image_latents: torch.Tensor | None = None,
-        keep_mask: torch.Tensor | None = None,
+        holds: dict[str, Hold] | None = None,
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: list[str] = (),
         attention_kwargs: dict[str, Any] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """
-        The one loop of all jobs. `task` says which streams are noisy; clean streams are fed as they are. With
-        `image_latents`, RGB latent frames where `keep_mask` is 0 are held at those clean latents (Wan2.2 TI2V).
+        The one loop of all jobs. `task` says which streams are noisy; clean streams are fed as they are. `holds`
+        ("rgb" / "modality") pins latent frames of a noisy stream to given values after every step (a first frame,
+        or the overlap with the previous window).
         """
+        holds = holds or {}
         two_streams = modality_latents is not None
         noisy = {"rgb": task.rgb_noisy, "modality": task.modality_noisy and two_streams}
         self.scheduler.set_begin_index(0)
         schedulers = {stream: copy.deepcopy(self.scheduler) for stream, is_noisy in noisy.items() if is_noisy}
         self._num_timesteps = len(timesteps)
+        latents = holds["rgb"].apply(latents) if "rgb" in holds else latents
+        modality_latents = holds["modality"].apply(modality_latents) if "modality" in holds else modality_latents
 
         with self.progress_bar(total=len(timesteps)) as progress_bar:
             for i, t in enumerate(timesteps):
                 if self.interrupt:
                     continue
                 self._current_timestep = t
-                timestep = self._model_timestep(t, latents, two_streams, keep_mask)
+                timestep = self._model_timestep(t, latents, two_streams, holds)
                 velocity, modality_velocity = self._velocities(
                     latents, modality_latents, timestep, prompt_embeds, negative_prompt_embeds,
                     modality_prompt_embeds, modality, task.name, i, attention_kwargs,
                 )  # fmt: skip
                 if "rgb" in schedulers:
                     latents = schedulers["rgb"].step(velocity, t, latents, return_dict=False)[0]
-                    if keep_mask is not None:
-                        latents = keep_mask * latents + (1 - keep_mask) * image_latents
+                    latents = holds["rgb"].apply(latents) if "rgb" in holds else latents
                 if "modality" in schedulers:
                     modality_latents = schedulers["modality"].step(modality_velocity, t, modality_latents, return_dict=False)[0]
+                    modality_latents = holds["modality"].apply(modality_latents) if "modality" in holds else modality_latents
 
                 if callback_on_step_end is not None:
                     tensors = dict(latents=latents, modality_latents=modality_latents, prompt_embeds=prompt_embeds,
@@ -375,6 +409,55 @@ class UnityVideoBasePipeline(DiffusionPipeline, WanLoraLoaderMixin):
                 progress_bar.update()
         self._current_timestep = None
         return latents, modality_latents
+
+    def _denoise_in_windows(
+        self,
+        latents: torch.Tensor,
+        modality_latents: torch.Tensor | None,
+        task: Task,
+        image_latents: torch.Tensor | None,
+        window_frames: int,
+        overlap_frames: int,
+        **denoise_kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """
+        Denoise the whole length in windows of `window_frames` video frames. Each window after the first is
+        conditioned on the previous one's result: its first overlapping latent frames are held to it with a weight
+        that falls from 1 to 0 across the overlap (the first are clean conditioning, the rest blend into the new
+        window's own estimate, so there is no seam). A single window is the plain call.
+        """
+        streams = {"rgb": latents, "modality": modality_latents}
+        noisy = [name for name, is_noisy in (("rgb", task.rgb_noisy), ("modality", task.modality_noisy))
+                 if is_noisy and streams[name] is not None]  # fmt: skip
+        # what held frames are pinned to: generated values once a window has run, the image for frame 0
+        targets = {name: streams[name].clone() for name in noisy}
+        if image_latents is not None:
+            targets["rgb"][:, :, :1] = image_latents
+        temporal = self.vae_scale_factor_temporal
+        plan = window_plan(latents.shape[2], (window_frames - 1) // temporal + 1, overlap_frames // temporal)
+
+        generated_until = 0
+        for start, end in plan:
+            keep = torch.ones(1, 1, end - start, 1, 1, device=latents.device)
+            held = max(0, generated_until - start)
+            keep[:, :, :held] = torch.arange(held, device=latents.device).view(1, 1, -1, 1, 1) / max(held, 1)
+            holds = {}
+            for name in noisy:
+                stream_keep = keep.clone()
+                if name == "rgb" and image_latents is not None and start == 0:
+                    stream_keep[:, :, 0] = 0
+                if stream_keep.min() < 1:
+                    holds[name] = Hold(target=targets[name][:, :, start:end], keep=stream_keep)
+            window = {name: None if tensor is None else tensor[:, :, start:end] for name, tensor in streams.items()}
+            rgb, modality = self.denoise(
+                latents=window["rgb"], modality_latents=window["modality"], task=task, holds=holds, **denoise_kwargs
+            )
+            for name, result in (("rgb", rgb), ("modality", modality)):
+                if name in noisy:
+                    streams[name] = torch.cat([streams[name][:, :, :start], result, streams[name][:, :, end:]], dim=2)
+                    targets[name][:, :, start:end] = result
+            generated_until = end
+        return streams["rgb"], streams["modality"]
 
     # ------------------------------------------------------------------ the call, shared by the three jobs
 
@@ -405,11 +488,22 @@ class UnityVideoBasePipeline(DiffusionPipeline, WanLoraLoaderMixin):
         callback_on_step_end,
         callback_on_step_end_tensor_inputs,
         max_sequence_length: int,
+        window_frames: int | None,
+        window_overlap_frames: int,
     ):
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         if output_type not in ("np", "pil", "pt", "latent"):
             raise ValueError(f"`output_type` must be 'np', 'pil', 'pt' or 'latent', got {output_type!r}.")
+        window_frames = window_frames or self.default_window_frames
+        temporal = self.vae_scale_factor_temporal
+        if not isinstance(window_frames, int) or (window_frames - 1) % temporal or window_frames < 1:
+            raise ValueError(f"`window_frames` must be {temporal}k+1, got {window_frames!r}.")
+        if not isinstance(window_overlap_frames, int) or window_overlap_frames % temporal or not 0 <= window_overlap_frames <= window_frames - 1:
+            raise ValueError(
+                f"`window_overlap_frames` must be a multiple of {temporal}, at most `window_frames` - 1 "
+                f"({window_frames - 1}), got {window_overlap_frames!r}."
+            )
         self._guidance_scale = guidance_scale
         self._attention_kwargs = attention_kwargs
         self._current_timestep = None
@@ -462,21 +556,16 @@ class UnityVideoBasePipeline(DiffusionPipeline, WanLoraLoaderMixin):
             modality_latents = None if modalities is None else self.prepare_latents(shape, device, generator, modality_latents, "modality_latents")
         else:
             modality_latents = condition_latents
-        keep_mask = image_latents = None
+        image_latents = None
         if image_frame is not None:
-            first = self.encode_video(image_frame, device).repeat_interleave(num_videos_per_prompt, dim=0)
-            keep_mask = torch.ones((1, 1, *shape[2:]), device=device)
-            keep_mask[:, :, 0] = 0
-            image_latents = torch.zeros_like(latents)
-            image_latents[:, :, :1] = first
-            latents = keep_mask * latents + (1 - keep_mask) * image_latents
+            image_latents = self.encode_video(image_frame, device).repeat_interleave(num_videos_per_prompt, dim=0)
 
-        # 5. Denoise
-        latents, modality_latents = self.denoise(
-            latents=latents, modality_latents=modality_latents, task=task, timesteps=timesteps,
-            prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
-            modality_prompt_embeds=modality_prompt_embeds, modality=modalities, image_latents=image_latents,
-            keep_mask=keep_mask, callback_on_step_end=callback_on_step_end,
+        # 5. Denoise, in windows when the video is longer than one
+        latents, modality_latents = self._denoise_in_windows(
+            latents, modality_latents, task, image_latents, window_frames, window_overlap_frames,
+            timesteps=timesteps, prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
+            modality_prompt_embeds=modality_prompt_embeds, modality=modalities,
+            callback_on_step_end=callback_on_step_end,
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, attention_kwargs=attention_kwargs,
         )  # fmt: skip
 

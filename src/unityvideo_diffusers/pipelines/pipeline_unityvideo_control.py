@@ -47,6 +47,8 @@ class UnityVideoControlPipeline(UnityVideoBasePipeline):
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],
         max_sequence_length: int = 512,
+        window_frames: int | None = None,
+        window_overlap_frames: int = 8,
     ):
         r"""
         Args:
@@ -70,5 +72,6 @@ class UnityVideoControlPipeline(UnityVideoBasePipeline):
             modality_prompt_embeds=modality_prompt_embeds, output_type=output_type, return_dict=return_dict,
             attention_kwargs=attention_kwargs, callback_on_step_end=callback_on_step_end,
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
-            max_sequence_length=max_sequence_length,
+            max_sequence_length=max_sequence_length, window_frames=window_frames,
+            window_overlap_frames=window_overlap_frames,
         )  # fmt: skip

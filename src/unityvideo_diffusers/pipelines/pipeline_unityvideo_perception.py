@@ -45,6 +45,8 @@ class UnityVideoPerceptionPipeline(UnityVideoBasePipeline):
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ["modality_latents"],
         max_sequence_length: int = 512,
+        window_frames: int | None = None,
+        window_overlap_frames: int = 8,
     ):
         r"""
         Args:
@@ -72,5 +74,6 @@ class UnityVideoPerceptionPipeline(UnityVideoBasePipeline):
             output_type=output_type, return_dict=return_dict, attention_kwargs=attention_kwargs,
             callback_on_step_end=callback_on_step_end,
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
-            max_sequence_length=max_sequence_length,
+            max_sequence_length=max_sequence_length, window_frames=window_frames,
+            window_overlap_frames=window_overlap_frames,
         )  # fmt: skip
