@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from conftest import TINY, reference_for
@@ -179,8 +180,11 @@ def test_base_makes_a_complete_pipeline_folder(released_file, tmp_path):
     assert index["_class_name"] == "UnityVideoPipeline"
     assert index["transformer"] == ["unityvideo_diffusers.models.transformer_unityvideo", "UnityVideoTransformer3DModel"]
     assert index["vae"] == ["diffusers", "AutoencoderKLWan"]
-    for component in ("vae", "text_encoder", "tokenizer", "scheduler"):
+    for component in ("vae", "text_encoder", "tokenizer"):
         assert json.loads((output / component / "config.json").read_text()) == {"component": component}
+    scheduler = json.loads((output / "scheduler" / "scheduler_config.json").read_text())
+    assert scheduler["_class_name"] == "UniPCMultistepScheduler" and scheduler["flow_shift"] == 5.0
+    assert scheduler["prediction_type"] == "flow_prediction" and scheduler["use_flow_sigmas"]
     assert not (output / "transformer" / "config.json").read_text().count("WanTransformer3DModel")
 
 
@@ -317,3 +321,30 @@ def test_cli_errors_are_one_line(released_file, tmp_path):
     result = run_cli("convert", "--checkpoint", str(truncated), "--output", str(tmp_path / "d"))
     assert result.returncode == 2 and "truncated" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "d").exists()
+
+
+def test_released_checkpoint_to_a_running_pipeline(tmp_path):
+    """The user's path: released file + Wan2.2 base folder -> `UnityVideoPipeline.from_pretrained` -> a video."""
+    from unityvideo_diffusers import UnityVideoPerceptionPipeline, UnityVideoPipeline
+    from unityvideo_diffusers.testing import TINY_TRANSFORMER, tiny_pipeline_components
+
+    components = tiny_pipeline_components()
+    base = tmp_path / "wan_base"
+    index = {"_class_name": "WanPipeline"}
+    for name in ("vae", "text_encoder", "tokenizer", "scheduler"):
+        components[name].save_pretrained(base / name)
+        index[name] = ["transformers" if name in ("text_encoder", "tokenizer") else "diffusers", type(components[name]).__name__]
+    (base / "model_index.json").write_text(json.dumps(index))
+    released = tmp_path / "released.safetensors"
+    save_file({k: v.contiguous() for k, v in reference_for(TINY_TRANSFORMER).state_dict().items()}, released)
+
+    output = tmp_path / "unityvideo"
+    convert_released_to_diffusers(released, output, base=str(base), transformer_config_overrides=TINY_TRANSFORMER, progress=False)
+    pipe = UnityVideoPipeline.from_pretrained(output)
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe("a red ball", modality="depth", num_frames=5, height=64, width=64, num_inference_steps=2)
+    assert out.frames.shape == out.modality_frames.shape == (1, 5, 64, 64, 3)
+    assert np.isfinite(out.frames).all()
+    perception = UnityVideoPerceptionPipeline.from_pretrained(output)
+    perception.set_progress_bar_config(disable=True)
+    assert perception(video=out.frames[0], modality="depth", height=64, width=64, num_inference_steps=1).modality_frames.shape == (1, 5, 64, 64, 3)

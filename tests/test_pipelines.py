@@ -390,3 +390,21 @@ def test_held_frames_get_timestep_zero(components):
     assert timestep.shape == (2, 2 * 3 * tokens)
     assert timestep[0, :tokens].eq(0).all() and timestep[0, tokens : 2 * tokens].eq(400).all()
     assert timestep[0, 3 * tokens :].eq(800).all()  # the modality stream is not held
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".gif", ""], ids=["mp4", "gif", "frame_folder"])
+def test_conditioning_video_from_a_file(components, tmp_path, suffix):
+    from unityvideo_diffusers.video_io import save_video
+
+    path = save_video(np.random.default_rng(0).random((9, 64, 64, 3)), tmp_path / f"clip{suffix}")
+    pipe = make(UnityVideoPerceptionPipeline, components)
+    out = pipe(video=str(path), modality="depth", **SIZE, num_inference_steps=1)
+    assert out.modality_frames.shape == (1, 9, 64, 64, 3)
+
+
+def test_unreadable_video_is_named(components, tmp_path):
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video")
+    pipe = make(UnityVideoPerceptionPipeline, components)
+    with pytest.raises(ValueError, match="Cannot read the video .*broken.mp4"):
+        pipe(video=str(broken), modality="depth", **SIZE)

@@ -32,7 +32,7 @@ RELEASED_CHECKSUMS = {
     "unityvideo_wan22_ti2v_5b_step15000_ema.safetensors": "0df3909e312526c46f68097958afa055868f73354fe4276d693f7ebc398e6a39",
     "unityvideo_wan22_ti2v_5b_step15000.safetensors": "4ee83a43ffdbaee90e7ff6a25fe108d8d65d255cd0803e3972bbbfb5b01db48c",
 }
-BASE_COMPONENTS = ("vae", "text_encoder", "tokenizer", "scheduler")
+BASE_COMPONENTS = ("vae", "text_encoder", "tokenizer")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
@@ -195,14 +195,19 @@ def _link_or_copy(source: str, destination: str) -> None:
 
 
 def _write_pipeline_parts(base: Path, directory: Path) -> None:
-    """Take vae, text encoder, tokenizer and scheduler from the Wan2.2 base; write UnityVideo's model_index.json."""
+    """Take vae, text encoder and tokenizer from the Wan2.2 base, write our default scheduler and model_index.json."""
     from diffusers import __version__ as diffusers_version
+
+    from ..schedulers import default_scheduler
 
     base_index = json.loads((base / "model_index.json").read_text())
     index = {"_class_name": "UnityVideoPipeline", "_diffusers_version": diffusers_version}
     for component in BASE_COMPONENTS:
         shutil.copytree(base / component, directory / component, copy_function=_link_or_copy)
         index[component] = base_index[component]
+    scheduler = default_scheduler()
+    scheduler.save_pretrained(directory / "scheduler")
+    index["scheduler"] = ["diffusers", type(scheduler).__name__]
     # what diffusers' save_pretrained records for a model outside diffusers and transformers
     index["transformer"] = [UnityVideoTransformer3DModel.__module__, UnityVideoTransformer3DModel.__name__]
     (directory / "model_index.json").write_text(json.dumps(dict(sorted(index.items())), indent=2) + "\n")
@@ -225,7 +230,8 @@ def convert_released_to_diffusers(
     Convert the authors' single-file checkpoint into a diffusers folder.
 
     `output/transformer/` always (or `output/` itself with `transformer_only`); with `base` (a Wan2.2-TI2V-5B
-    diffusers folder or Hub id) also `vae`, `text_encoder`, `tokenizer`, `scheduler` and `model_index.json`.
+    diffusers folder or Hub id) also its `vae`, `text_encoder` and `tokenizer`, our default `scheduler` and
+    `model_index.json`: a folder `UnityVideoPipeline.from_pretrained` loads.
     Returns the output path.
     """
     checkpoint, output = Path(checkpoint), Path(output)
