@@ -46,6 +46,24 @@ def _convert(args: argparse.Namespace) -> str:
     return f"Wrote the {what} {output}."
 
 
+def _train(args: argparse.Namespace) -> str:
+    from .training import TrainConfig, train
+
+    overrides = {}
+    for item in args.set or []:
+        key, separator, value = item.partition("=")
+        if not separator:
+            raise ValueError(f"--set takes KEY=VALUE, got {item!r}.")
+        import yaml
+
+        overrides[key] = yaml.safe_load(value)
+    if args.resume:
+        overrides["resume"] = True
+    config = TrainConfig.from_yaml(args.config, overrides) if args.config else TrainConfig.from_dict(overrides)
+    export = train(config, progress=not args.quiet)
+    return f"Training done; wrote {export} (checkpoints and train_log.jsonl in {config.save_path})."
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unityvideo", description="UnityVideo on Hugging Face diffusers.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -71,6 +89,17 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     convert.add_argument("--quiet", action="store_true", help="no progress bars")
     convert.set_defaults(run=_convert)
+
+    trainer = commands.add_parser(
+        "train",
+        help="LoRA or full fine-tuning (also under `accelerate launch`)",
+        description="Fine-tune UnityVideo with the authors' multi-task recipe; settings from a YAML file.",
+    )
+    trainer.add_argument("--config", help="YAML file of training settings (see TrainConfig)")
+    trainer.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one setting (repeatable)")
+    trainer.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in save_path")
+    trainer.add_argument("--quiet", action="store_true", help="no progress bars")
+    trainer.set_defaults(run=_train)
     return parser
 
 

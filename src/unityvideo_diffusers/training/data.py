@@ -1,0 +1,143 @@
+"""Training data: the authors' metadata CSV, encoded once into a latent cache, then read without VAE or text encoder.
+
+CSV columns: `video`, `prompt`, and one column per modality holding the path of that modality's visualisation video
+(paths relative to the CSV's folder; an empty cell means the row lacks that modality). Every stream of a row is
+sampled at the same frame indices. A row that cannot be used (missing file, unreadable video, too few frames) is
+skipped and counted, never fatal.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from ..video_io import cover_crop, load_frames, sample_indices
+
+
+@dataclass(frozen=True)
+class Row:
+    index: int
+    video: Path
+    prompt: str
+    modalities: dict[str, Path]
+
+
+def read_metadata(csv_path: str | os.PathLike, modalities: list[str]) -> list[Row]:
+    """Rows of the CSV with paths resolved; raises if the `video` / `prompt` columns are missing."""
+    csv_path = Path(csv_path)
+    with csv_path.open(encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle)
+        columns = set(reader.fieldnames or [])
+        missing = {"video", "prompt"} - columns
+        if missing:
+            raise ValueError(f"{csv_path} lacks the column(s) {', '.join(sorted(missing))}; it has {sorted(columns)}.")
+        rows = list(reader)
+
+    def resolve(value: str) -> Path:
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else csv_path.parent / path
+
+    return [
+        Row(
+            index=index,
+            video=resolve(row["video"]),
+            prompt=row["prompt"] or "",
+            modalities={m: resolve(row[m]) for m in modalities if row.get(m)},
+        )
+        for index, row in enumerate(rows)
+    ]
+
+
+def modality_columns(csv_path: str | os.PathLike) -> list[str]:
+    with Path(csv_path).open(encoding="utf-8", newline="") as handle:
+        return [c for c in (csv.DictReader(handle).fieldnames or []) if c not in ("video", "prompt")]
+
+
+def load_row_frames(row: Row, num_frames: int, height: int, width: int):
+    """(rgb frames, {modality: frames}) for one row, every stream at the RGB video's sampled indices."""
+    rgb = load_frames(row.video)
+    indices = sample_indices(len(rgb), num_frames)
+    streams = {"rgb": rgb, **{name: load_frames(path) for name, path in row.modalities.items()}}
+    frames = {}
+    for name, video in streams.items():
+        if len(video) <= indices[-1]:
+            raise ValueError(f"{name} video has {len(video)} frames, the RGB video {len(rgb)}")
+        frames[name] = [cover_crop(video[i], width, height) for i in indices]
+    return frames
+
+
+class LatentCache:
+    """A folder of one safetensors file per usable row (latents of every stream, prompt embedding trimmed to its
+    tokens) plus `prompts.safetensors` (the empty prompt and each modality's fixed prompt) and `index.json`."""
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+
+    @property
+    def index_path(self) -> Path:
+        return self.folder / "index.json"
+
+    def is_complete(self) -> bool:
+        return self.index_path.is_file()
+
+    def build(self, rows: list[Row], pipe, modalities: list[str], num_frames: int, height: int, width: int,
+              max_sequence_length: int, progress: bool = True) -> dict:  # fmt: skip
+        """Encode every row with `pipe` (its VAE and text encoder); a row already in the folder is kept, so an
+        interrupted build resumes. Returns the index: usable rows and the skipped ones with reasons."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        device = pipe._execution_device
+        usable, skipped = [], {}
+        for row in tqdm(rows, desc="encoding training data", disable=not progress):
+            path = self.folder / f"{row.index:07d}.safetensors"
+            if not path.is_file():
+                try:
+                    frames = load_row_frames(row, num_frames, height, width)
+                except (OSError, ValueError) as error:
+                    skipped[str(row.index)] = f"{type(error).__name__}: {error}"
+                    continue
+                tensors = {}
+                for name, video in frames.items():
+                    pixels = pipe.video_processor.preprocess_video(video, height=height, width=width)
+                    tensors["rgb" if name == "rgb" else f"modality.{name}"] = pipe.encode_video(pixels, device)[0].cpu()
+                tensors["prompt_embeds"] = self._encode_trimmed(pipe, row.prompt, max_sequence_length, device)
+                _save_atomic(tensors, path)
+            usable.append(row.index)
+        prompts = {"empty": self._encode_trimmed(pipe, "", max_sequence_length, device)}
+        for name in modalities:
+            prompts[f"modality.{name}"] = pipe.encode_modality_prompt([name], max_sequence_length, device, torch.float32)[0].cpu()
+        _save_atomic(prompts, self.folder / "prompts.safetensors")
+        index = {"usable": usable, "skipped": skipped, "modalities": modalities, "max_sequence_length": max_sequence_length}
+        temporary = self.index_path.with_suffix(".partial")
+        temporary.write_text(json.dumps(index, indent=2))
+        os.replace(temporary, self.index_path)
+        return index
+
+    @staticmethod
+    def _encode_trimmed(pipe, prompt: str, max_sequence_length: int, device) -> torch.Tensor:
+        embeds = pipe._get_t5_prompt_embeds(prompt, 1, max_sequence_length, device, torch.float32)[0].cpu()
+        tokens = len(pipe.tokenizer(prompt, max_length=max_sequence_length, truncation=True).input_ids)
+        return embeds[:tokens].clone()
+
+    def load(self) -> tuple[dict, dict[str, torch.Tensor]]:
+        return json.loads(self.index_path.read_text()), load_file(self.folder / "prompts.safetensors")
+
+    def sample(self, index: int) -> dict[str, torch.Tensor]:
+        return load_file(self.folder / f"{index:07d}.safetensors")
+
+
+def pad_tokens(embeds: torch.Tensor, length: int) -> torch.Tensor:
+    """Zero-pad a trimmed prompt embedding back to `length` tokens (Wan's encoding: zeros past the text)."""
+    return torch.cat([embeds, embeds.new_zeros(length - embeds.shape[0], embeds.shape[1])])
+
+
+def _save_atomic(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    temporary = path.with_name(f".{path.name}.partial")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, temporary)
+    os.replace(temporary, path)

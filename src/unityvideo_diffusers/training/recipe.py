@@ -1,0 +1,66 @@
+"""The training recipe's math, stated once.
+
+Flow matching (reference file, section 6): x_t = (1 - t) x_0 + t * noise, target velocity u = noise - x_0, the model
+sees t * 1000. A task noises some streams and leaves the others clean (a clean stream is x_0 itself); both streams
+are driven by the noisy stream's t ("shareT"), and only noisy streams are supervised.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..tasks import Task
+
+
+def sample_timesteps(batch_size: int, distribution: str, shift: float, generator: torch.Generator) -> torch.Tensor:
+    """t in (0, 1): logit-normal (sigmoid of a standard normal) or uniform, then shifted towards noise:
+    t' = s t / (1 + (s - 1) t)."""
+    if distribution == "logit_normal":
+        t = torch.sigmoid(torch.randn(batch_size, generator=generator))
+    else:
+        t = torch.rand(batch_size, generator=generator)
+    return shift * t / (1 + (shift - 1) * t)
+
+
+@dataclass
+class NoisedStreams:
+    rgb: torch.Tensor
+    modality: torch.Tensor
+    rgb_target: torch.Tensor | None  # None where the stream is clean (not supervised)
+    modality_target: torch.Tensor | None
+
+
+def noise_streams(task: Task, rgb: torch.Tensor, modality: torch.Tensor, t: torch.Tensor, generator: torch.Generator) -> NoisedStreams:
+    """Noise the streams `task` generates at time t (B,); keep the others clean."""
+    shape = (-1,) + (1,) * (rgb.ndim - 1)
+    t = t.view(shape).to(rgb.dtype)
+
+    def noised(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        noise = torch.randn(x.shape, generator=generator).to(x.dtype)
+        return (1 - t) * x + t * noise, noise - x
+
+    rgb, rgb_target = noised(rgb) if task.rgb_noisy else (rgb, None)
+    modality, modality_target = noised(modality) if task.modality_noisy else (modality, None)
+    return NoisedStreams(rgb, modality, rgb_target, modality_target)
+
+
+def stream_losses(prediction: tuple[torch.Tensor, torch.Tensor], streams: NoisedStreams) -> dict[str, torch.Tensor]:
+    """Mean squared error of each supervised stream's velocity (`rgb_loss`, `modality_loss`); `loss` is their sum."""
+    losses = {}
+    pairs = (("rgb_loss", prediction[0], streams.rgb_target), ("modality_loss", prediction[1], streams.modality_target))
+    for name, predicted, target in pairs:
+        if target is not None:
+            losses[name] = torch.mean((predicted.float() - target.float()) ** 2)
+    losses["loss"] = sum(losses.values())
+    return losses
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
+    """Linear warm-up to the peak, then cosine decay to `min_ratio` of it (constant when min_ratio is 1)."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(max((step - warmup_steps) / max(total_steps - warmup_steps, 1), 0.0), 1.0)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))

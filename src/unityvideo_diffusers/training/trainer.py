@@ -1,0 +1,352 @@
+"""One trainer for LoRA and full fine-tuning, on accelerate (one CPU or GPU to many; DDP, FSDP or DeepSpeed through
+accelerate's config), with the authors' multi-task recipe: each step draws a task and a modality, noises the streams
+that task generates, and regresses their velocities.
+
+Everything random in a step (task, modality, batch, prompt dropout, timesteps, noise) is drawn from generators
+seeded by (seed, step[, rank]), so a resumed run draws exactly what an uninterrupted one would; a checkpoint holds the
+trainable weights, the optimizer, the EMA and the step, and is written to a temporary folder renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Callable
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs, gather_object, set_seed
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from ..modalities import known_modalities, register_modality
+from ..models import UnityVideoTransformer3DModel
+from ..tasks import resolve_task
+from .config import ConfigError, TrainConfig
+from .data import LatentCache, modality_columns, pad_tokens, read_metadata
+from .recipe import lr_factor, noise_streams, sample_timesteps, stream_losses
+
+logger = logging.getLogger(__name__)
+
+# parameters that exist for the modality stream only: trained at a higher learning rate, and in full with LoRA
+ADDED_MODULES = ("control_encoder.", "modality_proj_out.", "modality_scale_shift_table", "task_embedder.")
+TRAINABLE_WEIGHTS = "trainable_weights.safetensors"
+
+
+def step_generator(seed: int, step: int, stream: int) -> torch.Generator:
+    """A generator that depends only on (seed, step, stream): the same draws whether or not the run was resumed."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step * 1009 + stream)
+
+
+class MultiTaskSampler:
+    """What each step trains on: a task and a modality (identical on every rank), and a batch of rows having that
+    modality: this rank's share of an epoch-wise permutation of them, consumed in order."""
+
+    def __init__(self, config: TrainConfig, rows_with: dict[str, list[int]], rank: int, world: int):
+        self.config, self.rows_with, self.rank, self.world = config, rows_with, rank, world
+        self.modalities = list(rows_with)
+        weights = config.modality_weights or {}
+        self.modality_weights = torch.tensor([float(weights.get(m, 0.0 if weights else 1.0)) for m in self.modalities])
+        if self.modality_weights.sum() <= 0:
+            raise ConfigError(f"modality_weights give no weight to the modalities with data: {self.modalities}.")
+        if config.task == "multi":
+            self.tasks = [resolve_task(name) for name in config.task_weights]
+            self.task_weights = torch.tensor(list(config.task_weights.values()))
+        else:
+            self.tasks, self.task_weights = [resolve_task(config.task)], torch.ones(1)
+        self.drawn = {m: 0 for m in self.modalities}  # batches of each modality drawn so far
+        self.next_step = 0
+
+    def _choice(self, step: int):
+        generator = step_generator(self.config.seed, step, 0)
+        task = self.tasks[int(torch.multinomial(self.task_weights, 1, generator=generator))]
+        modality = self.modalities[int(torch.multinomial(self.modality_weights, 1, generator=generator))]
+        return task, modality
+
+    def draw(self, step: int):
+        """(task, modality, row indices) of `step`; steps are drawn in order (a resumed run replays the choices)."""
+        while self.next_step < step:
+            self.drawn[self._choice(self.next_step)[1]] += self.config.gradient_accumulation_steps
+            self.next_step += 1
+        task, modality = self._choice(step)
+        rows = self.rows_with[modality]
+        batches = []
+        for _ in range(self.config.gradient_accumulation_steps):
+            start = (self.drawn[modality] * self.world + self.rank) * self.config.batch_size
+            batch = []
+            for position in range(start, start + self.config.batch_size):
+                epoch, offset = divmod(position, len(rows))
+                order = torch.randperm(len(rows), generator=step_generator(self.config.seed, epoch, 1 + self.modalities.index(modality)))
+                batch.append(rows[int(order[offset])])
+            batches.append(batch)
+            self.drawn[modality] += 1
+        self.next_step = step + 1
+        return task, modality, batches
+
+
+class TrainingProgress:
+    """The part of a checkpoint accelerate does not know: the step."""
+
+    def __init__(self):
+        self.step = 0
+
+    def state_dict(self) -> dict:
+        return {"step": self.step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = int(state["step"])
+
+
+def load_transformer(model_path: str) -> UnityVideoTransformer3DModel:
+    path = Path(model_path)
+    subfolder = "transformer" if (path / "transformer").is_dir() or not path.exists() else None
+    return UnityVideoTransformer3DModel.from_pretrained(model_path, subfolder=subfolder, torch_dtype=torch.float32)
+
+
+def prepare_trainable(transformer: UnityVideoTransformer3DModel, config: TrainConfig) -> list[dict]:
+    """Mark what trains (LoRA adapters or everything; the added modules too) and return optimizer groups."""
+    transformer.requires_grad_(config.training_mode == "full")
+    if config.training_mode == "lora":
+        from peft import LoraConfig
+
+        transformer.add_adapter(LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha,
+                                           target_modules=config.lora_target_modules, init_lora_weights="gaussian"))  # fmt: skip
+        if config.train_added_modules:
+            for name, parameter in transformer.named_parameters():
+                if name.startswith(ADDED_MODULES) or "modality_scale_shift_table" in name:
+                    parameter.requires_grad_(True)
+    added, base = [], []
+    for name, parameter in transformer.named_parameters():
+        if parameter.requires_grad:
+            (added if name.startswith(ADDED_MODULES) or "modality_scale_shift_table" in name else base).append(parameter)
+    groups = [{"params": base, "lr": config.learning_rate}]
+    if added:
+        groups.append({"params": added, "lr": config.learning_rate * config.added_modules_lr_multiplier})
+    return [group for group in groups if group["params"]]
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.detach().cpu().contiguous() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def latest_checkpoint(save_path: Path) -> Path | None:
+    checkpoints = sorted(save_path.glob("checkpoint-*"))
+    return checkpoints[-1] if checkpoints else None
+
+
+def train(config: TrainConfig, extra_loss: Callable | None = None, progress: bool = True) -> Path:
+    """
+    Train and export; returns the export folder. `extra_loss(transformer, batch, prediction, streams, task)` adds a
+    term to the loss (e.g. a perceptual loss on decoded frames); off by default, as in the authors' recipe.
+    """
+    save_path = Path(config.save_path)
+    rows_in_csv = modality_columns(config.dataset_path)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        mixed_precision=config.mixed_precision,
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
+    if config.resume and latest_checkpoint(save_path) is None:
+        raise ConfigError(f"resume is set but {save_path} holds no checkpoint.")
+
+    set_seed(config.seed)  # adapter initialisation
+
+    # 1. Model and its modalities
+    for name, prompt in config.new_modalities.items():
+        if name not in known_modalities():
+            register_modality(name, prompt)
+    transformer = load_transformer(config.model_path)
+    for name in config.new_modalities:
+        if name not in transformer.config.modalities:
+            transformer.add_modality(name)
+    modalities = config.modalities or [m for m in rows_in_csv if m in transformer.config.modalities]
+    missing = [m for m in modalities if m not in rows_in_csv or m not in transformer.config.modalities]
+    if not modalities or missing:
+        raise ConfigError(
+            f"Modalities to train {modalities} need a CSV column and a place in the model; the CSV has {rows_in_csv}, "
+            f"the model {list(transformer.config.modalities)}."
+        )
+
+    # 2. Data: encode once (main process), then every rank reads the cache
+    cache = LatentCache(save_path / "latent_cache")
+    rows = read_metadata(config.dataset_path, modalities)
+    if accelerator.is_main_process and not cache.is_complete():
+        from ..pipelines import UnityVideoPipeline
+
+        pipe = UnityVideoPipeline.from_pretrained(config.model_path, transformer=transformer)
+        pipe.set_progress_bar_config(disable=True)
+        with torch.no_grad():
+            cache.build(rows, pipe, modalities, config.num_frames, config.height, config.width,
+                        config.max_sequence_length, progress)  # fmt: skip
+        del pipe
+    accelerator.wait_for_everyone()
+    index, prompts = cache.load()
+    usable = set(index["usable"])
+    rows_with = {m: [r.index for r in rows if r.index in usable and m in r.modalities] for m in modalities}
+    rows_with = {m: indices for m, indices in rows_with.items() if indices}
+    if not rows_with:
+        raise ConfigError(f"No usable training rows ({len(index['skipped'])} skipped; see {cache.index_path}).")
+    if index["skipped"] and accelerator.is_main_process:
+        logger.warning("Skipped %d unusable rows (reasons in %s).", len(index["skipped"]), cache.index_path)
+
+    # 3. What trains, optimizer, EMA
+    if config.gradient_checkpointing:
+        transformer.enable_gradient_checkpointing()
+    transformer.train()
+    groups = prepare_trainable(transformer, config)
+    if config.optimizer == "adamw8bit":
+        import bitsandbytes as bnb
+
+        optimizer = bnb.optim.AdamW8bit(groups, weight_decay=config.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+    peak_lrs = [group["lr"] for group in groups]
+    trainable = [p for group in groups for p in group["params"]]
+    ema = None
+    if config.ema_decay > 0:
+        from diffusers.training_utils import EMAModel
+
+        decay = config.ema_decay**config.ema_every  # one update every `ema_every` steps, as the release did
+        ema = EMAModel(trainable, decay=decay, min_decay=decay)
+
+    steps_per_epoch = -(-sum(len(v) for v in rows_with.values()) // (config.batch_size * accelerator.num_processes * config.gradient_accumulation_steps))
+    total_steps = config.max_steps or config.max_epochs * max(steps_per_epoch, 1)
+    transformer, optimizer = accelerator.prepare(transformer, optimizer)
+    progress_state = TrainingProgress()
+    accelerator.register_for_checkpointing(progress_state)
+    if ema is not None:
+        accelerator.register_for_checkpointing(ema)
+
+    def save_model_hook(models, weights, output_dir):
+        if accelerator.is_main_process:
+            save_file(trainable_state(accelerator.unwrap_model(models[0])), os.path.join(output_dir, TRAINABLE_WEIGHTS))
+        weights.clear()
+
+    def load_model_hook(models, input_dir):
+        model = accelerator.unwrap_model(models.pop())
+        state = load_file(os.path.join(input_dir, TRAINABLE_WEIGHTS))
+        unexpected = model.load_state_dict(state, strict=False).unexpected_keys
+        if unexpected:
+            raise ValueError(f"Checkpoint weights with no place in the model: {unexpected[:5]}")
+
+    accelerator.register_save_state_pre_hook(save_model_hook)
+    accelerator.register_load_state_pre_hook(load_model_hook)
+    if config.resume:
+        accelerator.load_state(str(latest_checkpoint(save_path)))
+
+    sampler = MultiTaskSampler(config, rows_with, accelerator.process_index, accelerator.num_processes)
+    log = (save_path / "train_log.jsonl").open("a") if accelerator.is_main_process else None
+    if accelerator.is_main_process:
+        (save_path / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2))
+    bar = tqdm(total=total_steps, initial=progress_state.step, desc="training", disable=not (progress and accelerator.is_main_process))
+    device = accelerator.device
+
+    # 4. The loop
+    for step in range(progress_state.step, total_steps):
+        task, modality, batches = sampler.draw(step)
+        for group, peak in zip(optimizer.param_groups, peak_lrs):
+            group["lr"] = peak * lr_factor(step, config.lr_warmup_steps, total_steps, config.lr_min_ratio)
+        generator = step_generator(config.seed, step, 1000 + accelerator.process_index)
+        for rows_in_batch in batches:
+            batch = _collate(cache, prompts, rows_in_batch, modality, config, generator, device)
+            with accelerator.accumulate(transformer):
+                t = sample_timesteps(len(rows_in_batch), config.timestep_distribution, config.timestep_shift, generator).to(device)
+                streams = noise_streams(task, batch["rgb"], batch["modality"], t.cpu(), generator)
+                prediction = transformer(
+                    hidden_states=streams.rgb.to(device), timestep=t * 1000, encoder_hidden_states=batch["prompt_embeds"],
+                    modality_hidden_states=streams.modality.to(device), modality_encoder_hidden_states=batch["modality_prompt_embeds"],
+                    modality=modality, task=task.name, return_dict=False,
+                )  # fmt: skip
+                streams.rgb_target = None if streams.rgb_target is None else streams.rgb_target.to(device)
+                streams.modality_target = None if streams.modality_target is None else streams.modality_target.to(device)
+                losses = stream_losses(prediction, streams)
+                if extra_loss is not None:
+                    losses["extra"] = extra_loss(transformer, batch, prediction, streams, task)
+                    losses["loss"] = losses["loss"] + losses["extra"]
+                accelerator.backward(losses["loss"])
+                grad_norm = accelerator.clip_grad_norm_(trainable, config.max_grad_norm) if accelerator.sync_gradients else None
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+
+        progress_state.step = step + 1
+        if ema is not None and progress_state.step % config.ema_every == 0:
+            ema.step(trainable)
+        if log is not None and (step % config.log_every == 0 or progress_state.step == total_steps):
+            record = {"step": step, "task": task.name, "modality": modality, "lr": optimizer.param_groups[0]["lr"],
+                      **{k: float(v.detach()) for k, v in losses.items()}, "grad_norm": float(grad_norm or 0)}  # fmt: skip
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+        bar.update()
+        bar.set_postfix(loss=f"{float(losses['loss'].detach()):.4f}", task=task.name, modality=modality)
+        if progress_state.step % config.checkpoint_every == 0 and progress_state.step < total_steps:
+            _save_checkpoint(accelerator, save_path, progress_state.step, config.keep_last_checkpoints)
+    bar.close()
+
+    # 5. Export (and a last checkpoint, so the run can be extended), after checking the ranks agree
+    fingerprints = gather_object([_fingerprint(trainable)])
+    if accelerator.is_main_process:
+        (save_path / "rank_fingerprints.json").write_text(json.dumps(fingerprints))
+    if len(set(fingerprints)) > 1:
+        raise RuntimeError(f"The ranks' weights diverged: {fingerprints}")
+    _save_checkpoint(accelerator, save_path, total_steps, config.keep_last_checkpoints)
+    export = save_path / "final"
+    if accelerator.is_main_process:
+        model = accelerator.unwrap_model(transformer)
+        from .lora import export_trained
+
+        export_trained(model, export, config)
+        if ema is not None:
+            ema.store(trainable)
+            ema.copy_to(trainable)
+            export_trained(model, save_path / "final_ema", config)
+            ema.restore(trainable)
+        log.close()
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return export
+
+
+def _collate(cache: LatentCache, prompts: dict, rows: list[int], modality: str, config: TrainConfig,
+             generator: torch.Generator, device) -> dict:  # fmt: skip
+    """Latents and texts of `rows`; each RGB prompt is dropped (made empty) with probability `prompt_dropout`."""
+    samples = [cache.sample(row) for row in rows]
+    length = config.max_sequence_length
+    dropped = torch.rand(len(rows), generator=generator) < config.prompt_dropout
+    texts = [prompts["empty"] if drop else sample["prompt_embeds"] for drop, sample in zip(dropped, samples)]
+    return {
+        "rgb": torch.stack([s["rgb"] for s in samples]),
+        "modality": torch.stack([s[f"modality.{modality}"] for s in samples]),
+        "prompt_embeds": torch.stack([pad_tokens(text, length) for text in texts]).to(device),
+        "modality_prompt_embeds": pad_tokens(prompts[f"modality.{modality}"][: length], length).expand(len(rows), -1, -1).to(device),
+    }
+
+
+def _fingerprint(parameters: list[torch.Tensor]) -> str:
+    """A digest of the exact bytes of the trainable weights, to compare ranks."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for parameter in parameters:
+        digest.update(parameter.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _save_checkpoint(accelerator: Accelerator, save_path: Path, step: int, keep_last: int) -> None:
+    """accelerate's full state into a temporary folder renamed into place; the oldest beyond `keep_last` go."""
+    final = save_path / f"checkpoint-{step:07d}"
+    partial = save_path / f".checkpoint-{step:07d}.partial"
+    if accelerator.is_main_process and partial.exists():
+        shutil.rmtree(partial)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(partial))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(partial, final)
+        for old in sorted(save_path.glob("checkpoint-*"))[:-keep_last]:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
