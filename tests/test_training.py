@@ -1,0 +1,235 @@
+"""Fine-tuning on a tiny dataset: the recipe, LoRA and full runs, exports, exact resumption, two processes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from unityvideo_diffusers import UnityVideoPipeline
+from unityvideo_diffusers.tasks import resolve_task
+from unityvideo_diffusers.testing import tiny_pipeline_components
+from unityvideo_diffusers.training import ConfigError, TrainConfig, load_trained_lora, train
+from unityvideo_diffusers.training.recipe import lr_factor, noise_streams, sample_timesteps, stream_losses
+from unityvideo_diffusers.video_io import save_video
+
+SIZE = dict(num_frames=9, height=64, width=64)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A tiny pipeline folder and a CSV of 4 clips (depth for all, flow for two) plus one broken row."""
+    root = tmp_path_factory.mktemp("world")
+    UnityVideoPipeline(**tiny_pipeline_components()).save_pretrained(root / "model")
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(4):
+        for kind in ("rgb", "depth", "flow"):
+            save_video(rng.random((9, 64, 64, 3)), root / "data" / f"{kind}{i}")
+        rows.append({"video": f"rgb{i}", "prompt": f"clip {i}", "depth": f"depth{i}", "raft": f"flow{i}" if i < 2 else ""})
+    rows.append({"video": "missing_clip", "prompt": "gone", "depth": "depth0", "raft": ""})
+    with open(root / "data" / "metadata.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["video", "prompt", "depth", "raft"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return root
+
+
+def config_for(world: Path, save: Path, **overrides) -> TrainConfig:
+    values = dict(model_path=str(world / "model"), dataset_path=str(world / "data" / "metadata.csv"), save_path=str(save),
+                  max_steps=6, checkpoint_every=2, lr_warmup_steps=0, learning_rate=1e-3, ema_every=1,
+                  gradient_checkpointing=False, **SIZE)  # fmt: skip
+    return TrainConfig.from_dict({**values, **overrides})
+
+
+# ---------------------------------------------------------------- the recipe's math
+
+
+def test_recipe_math():
+    generator = torch.Generator().manual_seed(0)
+    t = sample_timesteps(100_000, "logit_normal", 5.0, generator)
+    assert 0 < t.min() and t.max() < 1 and 0.75 < t.median() < 0.9  # sigmoid(0) = 0.5 shifted: 5 * .5 / 3 = 0.83
+    rgb, modality = torch.randn(2, 4, 2, 2, 2), torch.randn(2, 4, 2, 2, 2)
+    streams = noise_streams(resolve_task("flow2video"), rgb, modality, torch.tensor([0.3, 0.9]), generator)
+    assert torch.equal(streams.modality, modality) and streams.modality_target is None  # the condition stays clean
+    noise = streams.rgb_target + rgb  # target = noise - x_0
+    t = torch.tensor([0.3, 0.9]).view(-1, 1, 1, 1, 1)
+    assert torch.allclose(streams.rgb, (1 - t) * rgb + t * noise, atol=1e-6)
+    losses = stream_losses((streams.rgb_target, modality), streams)
+    assert losses.keys() == {"rgb_loss", "loss"} and losses["loss"] == 0
+    assert lr_factor(0, 10, 100, 0.1) == 0.1 and lr_factor(10, 10, 100, 0.1) == 1.0
+    assert abs(lr_factor(100, 10, 100, 0.1) - 0.1) < 1e-9 and lr_factor(50, 0, 100, 1.0) == 1.0
+
+
+# ---------------------------------------------------------------- configuration refusals
+
+
+def test_bad_configs_are_named_before_loading_anything(tmp_path):
+    with pytest.raises(ConfigError, match=r"'learning_rte' \(did you mean 'learning_rate'\?\)"):
+        TrainConfig.from_dict({"learning_rte": 1e-4})
+    config_file = tmp_path / "train.yaml"
+    config_file.write_text("model_path: nowhere\ndataset_path: nothing.csv\nnum_frames: 16\ntraining_mode: qlora\nbatch_size: 0\n")
+    with pytest.raises(ConfigError) as error:
+        TrainConfig.from_yaml(config_file)
+    message = str(error.value)
+    for expected in ("dataset_path nothing.csv is not a file", "num_frames must be 4k+1", "training_mode must be 'lora' or 'full'",
+                     "batch_size must be a positive integer"):  # fmt: skip
+        assert expected in message
+
+
+def test_cli_config_errors_are_one_line(tmp_path):
+    config_file = tmp_path / "train.yaml"
+    config_file.write_text("model_path: x\ndataset_path: y.csv\nlearning_rate: -1\n")
+    result = subprocess.run([sys.executable, "-m", "unityvideo_diffusers", "train", "--config", str(config_file)],
+                            capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "learning_rate must be positive" in result.stderr
+
+
+# ---------------------------------------------------------------- runs
+
+
+def test_lora_run_trains_adapters_and_exports(world, tmp_path):
+    export = train(config_for(world, tmp_path / "run"), progress=False)
+    cache_index = json.loads((tmp_path / "run" / "latent_cache" / "index.json").read_text())
+    assert cache_index["usable"] == [0, 1, 2, 3] and list(cache_index["skipped"]) == ["4"]  # the broken row, counted
+    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert {record["task"] for record in log} <= {"joint", "control", "perception"}
+    assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*")) == [
+        "checkpoint-0000002", "checkpoint-0000004", "checkpoint-0000006"]  # fmt: skip
+
+    # only adapters (and the modality-stream modules) changed; the export reproduces the trained model
+    base = UnityVideoPipeline.from_pretrained(world / "model")
+    original = {k: v.clone() for k, v in base.transformer.state_dict().items()}
+    load_trained_lora(base, export)
+    extra = load_file(export / "unityvideo_extra_weights.safetensors")
+    assert extra and all(k.startswith(("control_encoder.", "modality_proj_out", "modality_scale_shift_table")) for k in extra)
+    changed = [k for k, v in base.transformer.state_dict().items()
+               if "lora" not in k and not torch.equal(v, original[k.replace(".base_layer", "")])]  # fmt: skip
+    assert set(changed) == set(extra)
+    trained = load_file(tmp_path / "run" / "checkpoint-0000006" / "trainable_weights.safetensors")
+    lora_names = [k for k in trained if "lora_A" in k]
+    assert lora_names and all(torch.equal(base.transformer.get_parameter(k.replace(".default.", ".default_0.")), trained[k])
+                              for k in lora_names)  # fmt: skip
+
+
+def test_training_reduces_the_loss(world, tmp_path):
+    """Full fine-tuning on 4 clips: the flow-matching loss on fixed (t, noise) falls."""
+    config = config_for(world, tmp_path / "full", training_mode="full", max_steps=40, checkpoint_every=100,
+                        learning_rate=2e-3, prompt_dropout=0.0, task="joint", ema_decay=0.0)  # fmt: skip
+
+    def fixed_loss(transformer):
+        from unityvideo_diffusers.training.data import LatentCache, pad_tokens
+
+        cache = LatentCache(tmp_path / "full" / "latent_cache")
+        _, prompts = cache.load()
+        generator, total = torch.Generator().manual_seed(123), 0.0
+        for row in range(4):
+            sample = cache.sample(row)
+            t = torch.full((1,), 0.6)
+            streams = noise_streams(resolve_task("joint"), sample["rgb"][None], sample["modality.depth"][None], t, generator)
+            with torch.no_grad():
+                prediction = transformer(streams.rgb, t * 1000, pad_tokens(sample["prompt_embeds"], 512)[None],
+                                         streams.modality, prompts["modality.depth"][None], modality="depth", return_dict=False)  # fmt: skip
+            total += float(stream_losses(prediction, streams)["loss"])
+        return total / 4
+
+    from unityvideo_diffusers import UnityVideoTransformer3DModel
+
+    train(config, progress=False)
+    before = fixed_loss(UnityVideoTransformer3DModel.from_pretrained(world / "model", subfolder="transformer").eval())
+    after = fixed_loss(UnityVideoTransformer3DModel.from_pretrained(tmp_path / "full" / "final" / "transformer").eval())
+    assert after < 0.8 * before, (before, after)
+
+
+def test_new_modality_trains_and_loads(world, tmp_path):
+    data = world / "data"
+    rows = list(csv.DictReader(open(data / "metadata.csv")))
+    with open(data / "normals.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["video", "prompt", "normal"])
+        writer.writeheader()
+        writer.writerows({"video": r["video"], "prompt": r["prompt"], "normal": r["depth"]} for r in rows[:4])
+    config = config_for(world, tmp_path / "normal", dataset_path=str(data / "normals.csv"), max_steps=3,
+                        new_modalities={"normal": "surface normal visualization."}, task="perception")  # fmt: skip
+    export = train(config, progress=False)
+    pipe = UnityVideoPipeline.from_pretrained(world / "model")
+    load_trained_lora(pipe, export)
+    assert "normal" in pipe.transformer.config.modalities
+    assert pipe.transformer.control_encoder.modality_embeddings["normal"].abs().sum() > 0  # trained, not the zero init
+
+
+# ---------------------------------------------------------------- exact resumption, even after SIGKILL
+
+
+def _run_cli(config_path: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "unityvideo_diffusers", "train", "--config", str(config_path), "--quiet", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def _write_config(world: Path, save: Path, path: Path) -> Path:
+    config = config_for(world, save, max_steps=24, checkpoint_every=1, keep_last_checkpoints=30,
+                        gradient_accumulation_steps=2, batch_size=2)  # fmt: skip
+    import yaml
+
+    path.write_text(yaml.safe_dump(config.to_dict()))
+    return path
+
+
+def test_sigkill_and_resume_equals_an_uninterrupted_run(world, tmp_path):
+    straight = _run_cli(_write_config(world, tmp_path / "straight", tmp_path / "straight.yaml"))
+    assert straight.wait(timeout=600) == 0, straight.stderr.read()[-3000:]
+
+    killed_config = _write_config(world, tmp_path / "killed", tmp_path / "killed.yaml")
+    victim = _run_cli(killed_config)
+    target = tmp_path / "killed" / f"checkpoint-{random.Random(os.getpid()).randint(3, 15):07d}"
+    deadline = time.time() + 600
+    while not target.exists() and victim.poll() is None and time.time() < deadline:
+        time.sleep(0.002)
+    victim.send_signal(signal.SIGKILL)
+    assert victim.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    # whatever was on disk at the kill: complete checkpoints, at most one partial one (never used)
+    for checkpoint in (tmp_path / "killed").glob("checkpoint-*"):
+        assert (checkpoint / "trainable_weights.safetensors").is_file() and (checkpoint / "optimizer.bin").is_file()
+        load_file(checkpoint / "trainable_weights.safetensors")
+
+    resumed = _run_cli(killed_config, "--resume")
+    assert resumed.wait(timeout=600) == 0, resumed.stderr.read()[-3000:]
+    final_straight = load_file(tmp_path / "straight" / "checkpoint-0000024" / "trainable_weights.safetensors")
+    final_resumed = load_file(tmp_path / "killed" / "checkpoint-0000024" / "trainable_weights.safetensors")
+    assert final_straight.keys() == final_resumed.keys()
+    for name, tensor in final_straight.items():
+        assert torch.allclose(final_resumed[name], tensor, rtol=1e-6, atol=1e-9), name
+    ema_straight = load_file(tmp_path / "straight" / "final_ema" / "pytorch_lora_weights.safetensors")
+    ema_resumed = load_file(tmp_path / "killed" / "final_ema" / "pytorch_lora_weights.safetensors")
+    assert all(torch.allclose(ema_resumed[k], v, rtol=1e-6, atol=1e-9) for k, v in ema_straight.items())
+
+
+# ---------------------------------------------------------------- two processes
+
+
+def test_two_process_cpu_run_keeps_ranks_identical(world, tmp_path):
+    config_path = tmp_path / "ddp.yaml"
+    import yaml
+
+    config_path.write_text(yaml.safe_dump(config_for(world, tmp_path / "ddp", max_steps=4).to_dict()))
+    environment = {**os.environ, "ACCELERATE_USE_CPU": "true"}
+    result = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "unityvideo_diffusers.training",
+         "--config", str(config_path), "--quiet"],
+        capture_output=True, text=True, env=environment, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    fingerprints = json.loads((tmp_path / "ddp" / "rank_fingerprints.json").read_text())
+    assert len(fingerprints) == 2 and fingerprints[0] == fingerprints[1]
