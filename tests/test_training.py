@@ -233,3 +233,26 @@ def test_two_process_cpu_run_keeps_ranks_identical(world, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     fingerprints = json.loads((tmp_path / "ddp" / "rank_fingerprints.json").read_text())
     assert len(fingerprints) == 2 and fingerprints[0] == fingerprints[1]
+
+
+def test_validation_videos(world, tmp_path):
+    config = config_for(world, tmp_path / "val", max_steps=2, validation_every=2, validation_prompts=["a red ball"],
+                        validation_steps=1, ema_decay=0.0)  # fmt: skip
+    train(config, progress=False)
+    written = sorted(p.name for p in (tmp_path / "val" / "validation" / "step-0000002").iterdir())
+    assert written == ["00_depth.mp4", "00_rgb.mp4"]
+    with pytest.raises(ConfigError, match="validation_every needs validation_prompts"):
+        config_for(world, tmp_path / "x", validation_every=5)
+
+
+def test_extra_loss_hook_is_added(world, tmp_path):
+    calls = []
+
+    def modality_smoothness(transformer, batch, prediction, streams, task):
+        calls.append(task.name)
+        return 0.0 * prediction[1].float().diff(dim=2).abs().mean() + 1.0
+
+    train(config_for(world, tmp_path / "extra", max_steps=2, ema_decay=0.0, log_every=1), extra_loss=modality_smoothness, progress=False)
+    log = [json.loads(line) for line in (tmp_path / "extra" / "train_log.jsonl").read_text().splitlines()]
+    assert len(calls) == 2 and all(record["extra"] == 1.0 for record in log)
+    assert all(abs(record["loss"] - 1.0 - record.get("rgb_loss", 0) - record.get("modality_loss", 0)) < 1e-5 for record in log)

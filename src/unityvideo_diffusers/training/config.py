@@ -57,8 +57,6 @@ class TrainConfig:
     gradient_checkpointing: bool = True
     mixed_precision: str = "no"  # "no", "bf16" or "fp16"
     optimizer: str = "adamw"  # "adamw" or "adamw8bit" (bitsandbytes)
-    cache_latents: bool = True  # encode every sample once, then train without VAE and text encoder in memory
-    num_workers: int = 0
     seed: int = 42
     max_sequence_length: int = 512
 
@@ -67,8 +65,9 @@ class TrainConfig:
     keep_last_checkpoints: int = 3
     resume: bool = False  # continue from the newest checkpoint in save_path
     log_every: int = 10
-    validation_every: int = 0  # 0: no validation videos
+    validation_every: int = 0  # every N steps, videos of validation_prompts (with the first trained modality); 0: none
     validation_prompts: list[str] = field(default_factory=list)
+    validation_steps: int = 20  # sampling steps of the validation videos
 
     def __post_init__(self) -> None:
         self.validate()
@@ -129,6 +128,8 @@ class TrainConfig:
         for name in ("height", "width"):
             need(getattr(self, name) % 32 == 0 and getattr(self, name) > 0, f"{name} must be a positive multiple of 32")
         need(self.validation_every >= 0, "validation_every must be >= 0")
+        need(not self.validation_every or bool(self.validation_prompts), "validation_every needs validation_prompts")
+        need(self.validation_steps >= 1, "validation_steps must be >= 1")
         if problems:
             raise ConfigError("Invalid training config:\n  - " + "\n  - ".join(problems))
 

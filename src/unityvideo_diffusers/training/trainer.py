@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -243,6 +244,7 @@ def train(config: TrainConfig, extra_loss: Callable | None = None, progress: boo
         (save_path / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2))
     bar = tqdm(total=total_steps, initial=progress_state.step, desc="training", disable=not (progress and accelerator.is_main_process))
     device = accelerator.device
+    started = time.perf_counter()
 
     # 4. The loop
     for step in range(progress_state.step, total_steps):
@@ -275,7 +277,8 @@ def train(config: TrainConfig, extra_loss: Callable | None = None, progress: boo
         if ema is not None and progress_state.step % config.ema_every == 0:
             ema.step(trainable)
         if log is not None and (step % config.log_every == 0 or progress_state.step == total_steps):
-            record = {"step": step, "task": task.name, "modality": modality, "lr": optimizer.param_groups[0]["lr"],
+            record = {"step": step, "elapsed": round(time.perf_counter() - started, 3), "task": task.name,
+                      "modality": modality, "lr": optimizer.param_groups[0]["lr"],
                       **{k: float(v.detach()) for k, v in losses.items()}, "grad_norm": float(grad_norm or 0)}  # fmt: skip
             log.write(json.dumps(record) + "\n")
             log.flush()
@@ -283,6 +286,8 @@ def train(config: TrainConfig, extra_loss: Callable | None = None, progress: boo
         bar.set_postfix(loss=f"{float(losses['loss'].detach()):.4f}", task=task.name, modality=modality)
         if progress_state.step % config.checkpoint_every == 0 and progress_state.step < total_steps:
             _save_checkpoint(accelerator, save_path, progress_state.step, config.keep_last_checkpoints)
+        if config.validation_every and progress_state.step % config.validation_every == 0 and accelerator.is_main_process:
+            _validation_videos(accelerator.unwrap_model(transformer), config, modalities[0], progress_state.step)
     bar.close()
 
     # 5. Export (and a last checkpoint, so the run can be extended), after checking the ranks agree
@@ -322,6 +327,25 @@ def _collate(cache: LatentCache, prompts: dict, rows: list[int], modality: str, 
         "prompt_embeds": torch.stack([pad_tokens(text, length) for text in texts]).to(device),
         "modality_prompt_embeds": pad_tokens(prompts[f"modality.{modality}"][: length], length).expand(len(rows), -1, -1).to(device),
     }
+
+
+@torch.no_grad()
+def _validation_videos(transformer, config: TrainConfig, modality: str, step: int) -> None:
+    """Generate `validation_prompts` with the model as it is now, into save_path/validation/step-N/."""
+    from ..pipelines import UnityVideoPipeline
+    from ..video_io import save_video
+
+    pipe = UnityVideoPipeline.from_pretrained(config.model_path, transformer=transformer)
+    pipe.set_progress_bar_config(disable=True)
+    folder = Path(config.save_path) / "validation" / f"step-{step:07d}"
+    was_training = transformer.training
+    transformer.eval()
+    for index, prompt in enumerate(config.validation_prompts):
+        out = pipe(prompt, modality=modality, num_frames=config.num_frames, height=config.height, width=config.width,
+                   num_inference_steps=config.validation_steps, generator=torch.Generator().manual_seed(config.seed))  # fmt: skip
+        save_video(out.frames[0], folder / f"{index:02d}_rgb.mp4")
+        save_video(out.modality_frames[0], folder / f"{index:02d}_{modality}.mp4")
+    transformer.train(was_training)
 
 
 def _fingerprint(parameters: list[torch.Tensor]) -> str:
