@@ -5,19 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from unityvideo_diffusers.testing import randomize_parameters, tiny_pipeline_components  # noqa: F401 (shared helpers)
+from unityvideo_diffusers.testing import TINY_TRANSFORMER, randomize_parameters, tiny_pipeline_components  # noqa: F401
 
-# head_dim 24: diffusers' and DiffSynth's RoPE splits agree (head_dim % 6 < 3); see the reference file, section 10.
-TINY = dict(
-    num_attention_heads=2,
-    attention_head_dim=24,
-    in_channels=4,
-    out_channels=4,
-    text_dim=16,
-    freq_dim=32,
-    ffn_dim=64,
-    num_layers=2,
-)
+# the pipelines' tiny transformer with few latent channels, for model-only tests; its head_dim 24 is one where
+# diffusers' and DiffSynth's RoPE splits agree (head_dim % 6 < 3; reference file, section 10)
+TINY = {**TINY_TRANSFORMER, "in_channels": 4, "out_channels": 4, "text_dim": 16}
 TEXT_LEN = 7
 
 
