@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
+import time
 from pathlib import Path
 
 
@@ -64,6 +66,99 @@ def _train(args: argparse.Namespace) -> str:
     return f"Training done; wrote {export} (checkpoints and train_log.jsonl in {config.save_path})."
 
 
+# ---------------------------------------------------------------- generate / control / estimate
+
+JOB_DEFAULTS = dict(
+    model=None, output=None, device="cpu", dtype="fp32", offload=False, vae_tiling=False, scheduler="default",
+    steps=30, guidance_scale=5.0, seed=0, frames=33, height=256, width=256, fps=8, negative_prompt=None,
+    modality=None, image=None, prompt=None, control_video=None, control_image=None, video=None,
+)  # fmt: skip
+JOB_OPTIONS = {
+    "generate": {"prompt", "negative_prompt", "modality", "image"},
+    "control": {"prompt", "negative_prompt", "modality", "control_video", "control_image"},
+    "estimate": {"video", "modality", "prompt"},
+}
+SHARED_OPTIONS = set(JOB_DEFAULTS) - {"prompt", "negative_prompt", "modality", "image", "control_video", "control_image", "video"}
+
+
+def _job_settings(job: str, args: argparse.Namespace) -> dict:
+    """Defaults, then the YAML file, then the flags given on the command line (each level overrides the previous)."""
+    allowed = SHARED_OPTIONS | JOB_OPTIONS[job]
+    settings = {key: value for key, value in JOB_DEFAULTS.items() if key in allowed}
+    if job in ("control", "estimate"):
+        settings["frames"] = None  # as many as the given video has
+        settings["guidance_scale"] = 1.0 if job == "estimate" else settings["guidance_scale"]
+    if args.config:
+        settings.update(_read_job_config(args.config, allowed))
+    settings.update({key: value for key, value in vars(args).items() if key in allowed and value is not None})
+    if settings.get("model") is None:
+        raise ValueError("--model is required (a converted UnityVideo folder or Hub id).")
+    required = {"generate": ["prompt"], "control": ["prompt", "modality"], "estimate": ["video", "modality"]}[job]
+    missing = [name for name in required if not settings.get(name)]
+    if job == "control" and not (settings.get("control_video") or settings.get("control_image")):
+        missing.append("control_video or control_image")
+    if missing:
+        raise ValueError(f"{job} needs {', '.join(missing)}.")
+    for name in ("video", "control_video", "control_image", "image"):
+        if settings.get(name) and not Path(settings[name]).exists():
+            raise FileNotFoundError(f"--{name.replace('_', '-')} {settings[name]} does not exist.")
+    for name in ("steps", "height", "width", "fps"):
+        if not isinstance(settings[name], int) or settings[name] <= 0:
+            raise ValueError(f"{name} must be a positive integer, got {settings[name]!r}.")
+    if settings["frames"] is not None and (not isinstance(settings["frames"], int) or (settings["frames"] - 1) % 4 or settings["frames"] < 1):
+        raise ValueError(f"frames must be 4k+1 (1, 5, 9, ..., 33, ...), got {settings['frames']!r}.")
+    if settings["output"] is None:
+        settings["output"] = f"outputs/{job}-{time.strftime('%Y%m%d-%H%M%S')}.mp4"
+    return settings
+
+
+def _read_job_config(path: str, allowed: set[str]) -> dict:
+    import difflib
+
+    import yaml
+
+    try:
+        values = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise ValueError(f"Cannot read --config {path}: {error}") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"--config {path} must be a mapping of option names to values.")
+    values = {key.replace("-", "_"): value for key, value in values.items()}
+    for key in values:
+        if key not in allowed:
+            close = difflib.get_close_matches(key, sorted(allowed), n=1)
+            raise ValueError(f"Unknown key {key!r} in {path}" + (f"; did you mean {close[0]!r}?" if close else "."))
+    return values
+
+
+def _job(job: str):
+    def run(args: argparse.Namespace) -> str:
+        from .jobs import run as run_job
+
+        record = run_job(job, _job_settings(job, args))
+        return f"Wrote {', '.join(record['outputs'].values())} and {record['record']}."
+
+    return run
+
+
+def _add_job_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", help="converted UnityVideo folder or Hub id")
+    parser.add_argument("--config", help="YAML file of these options (flags override it)")
+    parser.add_argument("--output", help="mp4 (default), gif, or a folder for PNG frames; a JSON record goes beside it")
+    parser.add_argument("--device", help="cpu (default), cuda, cuda:1, mps ...")
+    parser.add_argument("--dtype", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--offload", action="store_true", default=None, help="model CPU offload (low GPU memory)")
+    parser.add_argument("--vae-tiling", action="store_true", default=None, help="decode in tiles (low memory)")
+    parser.add_argument("--scheduler", choices=["default", "unipc", "euler", "dpm", "reference"])
+    parser.add_argument("--steps", type=int, help="sampling steps (default 30)")
+    parser.add_argument("--guidance-scale", type=float, help="classifier-free guidance (1 = off)")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--frames", type=int, help="4k+1 (default 33; control/estimate: the video's length)")
+    parser.add_argument("--height", type=int)
+    parser.add_argument("--width", type=int)
+    parser.add_argument("--fps", type=int, help="frame rate of the written videos (default 8)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unityvideo", description="UnityVideo on Hugging Face diffusers.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -100,16 +195,74 @@ def build_parser() -> argparse.ArgumentParser:
     trainer.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in save_path")
     trainer.add_argument("--quiet", action="store_true", help="no progress bars")
     trainer.set_defaults(run=_train)
+
+    generate = commands.add_parser("generate", aliases=["text2all"], help="text -> video (+ a modality video)")
+    generate.add_argument("prompt", nargs="?")
+    generate.add_argument("--modality", help="also generate this modality (depth, raft, segmentation, ...)")
+    generate.add_argument("--image", help="first frame to keep (image file)")
+    generate.add_argument("--negative-prompt")
+    _add_job_options(generate)
+    generate.set_defaults(run=_job("generate"))
+
+    control = commands.add_parser("control", aliases=["flow2video"], help="modality video (+ text) -> video")
+    control.add_argument("prompt", nargs="?")
+    control.add_argument("--control-video", help="the modality video (file or frame folder)")
+    control.add_argument("--control-image", help="a single control image, held for every frame")
+    control.add_argument("--modality", help="what the control shows (depth, raft, segmentation, ...)")
+    control.add_argument("--negative-prompt")
+    _add_job_options(control)
+    control.set_defaults(run=_job("control"))
+
+    estimate = commands.add_parser("estimate", aliases=["video2flow"], help="video -> modality video (+ numbers)")
+    estimate.add_argument("video", nargs="?")
+    estimate.add_argument("--modality", help="what to estimate (depth, raft, segmentation, ...)")
+    estimate.add_argument("--prompt", help="optional caption of the video")
+    _add_job_options(estimate)
+    estimate.set_defaults(run=_job("estimate"))
+
+    info = commands.add_parser("info", help="what a model folder holds")
+    info.add_argument("model", help="a UnityVideo pipeline or transformer folder")
+    info.set_defaults(run=_info)
     return parser
+
+
+def _info(args: argparse.Namespace) -> str:
+    folder = Path(args.model)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is not a folder.")
+    transformer = folder / "transformer" if (folder / "transformer" / "config.json").is_file() else folder
+    if not (transformer / "config.json").is_file():
+        raise ValueError(f"{folder} holds no UnityVideo transformer (no config.json in it or in transformer/).")
+    config = json.loads((transformer / "config.json").read_text())
+    if config.get("_class_name") != "UnityVideoTransformer3DModel":
+        raise ValueError(f"{transformer} holds a {config.get('_class_name')}, not a UnityVideo transformer.")
+    from .conversion import SafetensorsReader
+    from .conversion.convert import _weight_files
+
+    tensors = SafetensorsReader(_weight_files(transformer)).tensors
+    parameters = sum(math.prod(info.shape) for info in tensors.values())
+    dtypes = sorted({str(info.dtype).removeprefix("torch.") for info in tensors.values()})
+    index = json.loads((folder / "model_index.json").read_text()) if (folder / "model_index.json").is_file() else {}
+    lines = [
+        f"model: {folder}",
+        f"pipeline: {index.get('_class_name', '(transformer only)')}; components: "
+        + ", ".join(f"{k}={v[1]}" for k, v in sorted(index.items()) if isinstance(v, list) and v[1]),
+        f"transformer: {parameters / 1e6:.1f}M parameters, {', '.join(dtypes)}, {config['num_layers']} layers, "
+        f"{config['num_attention_heads']}x{config['attention_head_dim']} heads, {config['in_channels']} latent channels",
+        f"modalities: {', '.join(config.get('modalities', []))}",
+        f"options: modality_adaln={config.get('modality_adaln', False)}, task_embedding={config.get('task_embedding', False)}",
+    ]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    command = {"text2all": "generate", "flow2video": "control", "video2flow": "estimate"}.get(args.command, args.command)
     try:
         message = args.run(args)
     except (ValueError, TypeError, OSError) as error:
-        parser.exit(2, f"unityvideo {args.command}: error: {error}\n")
+        parser.exit(2, f"unityvideo {command}: error: {error}\n")
     print(message)
     return 0
 

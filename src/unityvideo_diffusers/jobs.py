@@ -1,0 +1,110 @@
+"""The three jobs as the command line runs them: load a pipeline, run, write videos, numbers and a JSON record."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .modalities import decode_depth, decode_flow, decode_segmentation
+from .video_io import load_frames, save_video
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DECODERS = {
+    "depth": ("disparity", decode_depth),
+    "raft": ("flow", decode_flow),
+    "segmentation": ("labels", decode_segmentation),
+}
+
+
+def make_scheduler(name: str, pipe):
+    """'default' keeps the folder's scheduler; 'reference' is the authors' sampler; others are diffusers' own."""
+    from diffusers import DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
+
+    from .schedulers import LinearFlowMatchEulerScheduler
+
+    flow = dict(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=5.0)
+    choices = {
+        "default": lambda: pipe.scheduler,
+        "reference": LinearFlowMatchEulerScheduler,
+        "euler": lambda: FlowMatchEulerDiscreteScheduler(shift=5.0),
+        "unipc": lambda: UniPCMultistepScheduler(**flow),
+        "dpm": lambda: DPMSolverMultistepScheduler(**flow),
+    }
+    if name not in choices:
+        raise ValueError(f"Unknown scheduler {name!r}; choose one of {', '.join(choices)}.")
+    return choices[name]()
+
+
+def load_pipeline(pipeline_class, model: str, device: str, dtype: str, offload: bool, vae_tiling: bool, scheduler: str):
+    if dtype not in DTYPES:
+        raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}.")
+    if not Path(model).exists() and model.count("/") != 1:
+        raise FileNotFoundError(f"--model {model} is neither a folder nor a Hub id (owner/name).")
+    pipe = pipeline_class.from_pretrained(model, torch_dtype=DTYPES[dtype])
+    pipe.scheduler = make_scheduler(scheduler, pipe)
+    if vae_tiling:
+        pipe.vae.enable_tiling()
+    if offload:
+        pipe.enable_model_cpu_offload(device=device)
+    else:
+        pipe.to(device)
+    return pipe
+
+
+def write_outputs(output: Path, frames, modality_frames, modality: str | None, fps: int, numbers: bool) -> dict:
+    """Write the first video(s) of a result next to each other: `output` (RGB) and `<stem>_<modality><suffix>`."""
+    written = {}
+    if frames is not None:
+        written["video"] = str(save_video(frames[0], output, fps=fps))
+    if modality_frames is not None:
+        target = output.with_name(f"{output.stem}_{modality}{output.suffix}") if frames is not None else output
+        written["modality_video"] = str(save_video(modality_frames[0], target, fps=fps))
+        if numbers and modality in DECODERS:
+            name, decode = DECODERS[modality]
+            path = target.with_name(f"{target.stem}_{name}.npz" if target.suffix else f"{target.name}_{name}.npz")
+            np.savez_compressed(path, **{name: decode(np.asarray(modality_frames[0], dtype=np.float64))})
+            written["numbers"] = str(path)
+    return written
+
+
+def run(job: str, settings: dict) -> dict:
+    """Run `job` ("generate", "control", "estimate") with `settings` (the command's options); returns the record."""
+    from .pipelines import UnityVideoControlPipeline, UnityVideoPerceptionPipeline, UnityVideoPipeline
+
+    started = time.perf_counter()
+    pipeline_class = {"generate": UnityVideoPipeline, "control": UnityVideoControlPipeline,
+                      "estimate": UnityVideoPerceptionPipeline}[job]  # fmt: skip
+    output = Path(settings["output"])
+    modality = settings.get("modality")
+    pipe = load_pipeline(pipeline_class, settings["model"], settings["device"], settings["dtype"], settings["offload"],
+                         settings["vae_tiling"], settings["scheduler"])  # fmt: skip
+    loaded = time.perf_counter()
+    modality = pipe.transformer.resolve_modality_name(modality) if modality else None  # "flow" -> "raft"
+    common = dict(height=settings["height"], width=settings["width"], num_inference_steps=settings["steps"],
+                  guidance_scale=settings["guidance_scale"], generator=torch.Generator().manual_seed(settings["seed"]))  # fmt: skip
+    if job == "generate":
+        image = load_frames(settings["image"])[0] if settings.get("image") else None
+        result = pipe(settings["prompt"], negative_prompt=settings.get("negative_prompt"), modality=modality, image=image,
+                      num_frames=settings["frames"], **common)  # fmt: skip
+    elif job == "control":
+        control = settings.get("control_video")
+        if settings.get("control_image"):
+            control = load_frames(settings["control_image"])[:1] * settings["frames"]  # a still control, held
+        result = pipe(settings["prompt"], control_video=control, modality=modality,
+                      negative_prompt=settings.get("negative_prompt"), num_frames=settings.get("frames"), **common)  # fmt: skip
+    else:
+        result = pipe(video=settings["video"], modality=modality, prompt=settings.get("prompt") or "",
+                      num_frames=settings.get("frames"), **common)  # fmt: skip
+    generated = time.perf_counter()
+    written = write_outputs(output, result.frames, result.modality_frames, modality, settings["fps"], job == "estimate")
+    record = {"job": job, "settings": settings, "outputs": written,
+              "seconds": {"load": round(loaded - started, 3), "generate": round(generated - loaded, 3),
+                          "total": round(time.perf_counter() - started, 3)}}  # fmt: skip
+    record_path = output.with_name(f"{output.stem or output.name}.json")
+    record_path.write_text(json.dumps(record, indent=2, default=str))
+    record["record"] = str(record_path)
+    return record

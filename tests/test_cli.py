@@ -1,0 +1,97 @@
+"""The `unityvideo` command as a user runs it: subprocesses on a tiny model folder, checking the files written."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from unityvideo_diffusers import UnityVideoPipeline
+from unityvideo_diffusers.testing import tiny_pipeline_components
+from unityvideo_diffusers.video_io import load_frames
+
+SMALL = ["--height", "64", "--width", "64", "--steps", "2"]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cli") / "model"
+    UnityVideoPipeline(**tiny_pipeline_components()).save_pretrained(folder)
+    return folder
+
+
+def unityvideo(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "unityvideo_diffusers", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+
+
+def test_generate_control_estimate(model, tmp_path):
+    result = unityvideo("generate", "a red ball", "--model", model, "--modality", "depth", "--frames", 9, *SMALL,
+                        "--output", tmp_path / "gen.mp4", "--seed", 3)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert len(load_frames(tmp_path / "gen.mp4")) == 9 and len(load_frames(tmp_path / "gen_depth.mp4")) == 9
+    record = json.loads((tmp_path / "gen.json").read_text())
+    assert record["settings"]["seed"] == 3 and record["settings"]["prompt"] == "a red ball" and record["seconds"]["total"] > 0
+
+    result = unityvideo("control", "a cube", "--control-video", tmp_path / "gen_depth.mp4", "--modality", "depth",
+                        "--model", model, *SMALL, "--output", tmp_path / "control.gif")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert len(load_frames(tmp_path / "control.gif")) == 9
+
+    result = unityvideo("video2flow", tmp_path / "gen.mp4", "--modality", "flow", "--model", model, *SMALL,
+                        "--output", tmp_path / "flow")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert len(list((tmp_path / "flow").glob("*.png"))) == 9
+    assert np.load(tmp_path / "flow_flow.npz")["flow"].shape == (9, 64, 64, 2)
+
+
+def test_control_image_and_yaml_config(model, tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(tmp_path / "still.png")
+    (tmp_path / "job.yaml").write_text(f"model: {model}\nmodality: segmentation\nframes: 5\nheight: 64\nwidth: 64\nsteps: 1\n")
+    result = unityvideo("control", "a ball", "--config", tmp_path / "job.yaml", "--control-image", tmp_path / "still.png",
+                        "--steps", 2, "--output", tmp_path / "still.mp4")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    record = json.loads((tmp_path / "still.json").read_text())
+    assert record["settings"]["steps"] == 2 and record["settings"]["modality"] == "segmentation"  # flags override the file
+    assert len(load_frames(tmp_path / "still.mp4")) == 5
+
+
+def test_info(model):
+    result = unityvideo("info", model)
+    assert result.returncode == 0 and "modalities: depth, densepose, raft, segmentation, skeleton" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["generate", "x", "--frames", "8"], "frames must be 4k\\+1"),
+        (["generate", "x", "--modality", "normals"], "no modality 'normals'"),
+        (["estimate", "missing.mp4", "--modality", "depth"], "--video missing.mp4 does not exist"),
+        (["control", "x", "--modality", "depth"], "control needs control_video or control_image"),
+        (["generate", "x", "--steps", "0"], "steps must be a positive integer"),
+        (["info", "nowhere"], "nowhere is not a folder"),
+    ],
+)
+def test_bad_input_is_one_line(model, tmp_path, monkeypatch, capsys, args, message):
+    """In-process for speed (the subprocess path is the same `main`, checked by the YAML test below)."""
+    from unityvideo_diffusers.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    extra = ["--model", str(model), "--output", str(tmp_path / "o.mp4")] if args[0] != "info" else []
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, *extra])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    last = error.strip().splitlines()[-1]  # above it only progress bars, if anything
+    assert "Traceback" not in error and last.startswith("unityvideo ") and re.search(message, last), error
+
+
+def test_unknown_yaml_key_names_the_nearest(model, tmp_path):
+    (tmp_path / "job.yaml").write_text("gudance_scale: 3\n")
+    result = unityvideo("generate", "x", "--model", model, "--config", tmp_path / "job.yaml")
+    assert result.returncode == 2 and "Unknown key 'gudance_scale'" in result.stderr and "did you mean 'guidance_scale'" in result.stderr
