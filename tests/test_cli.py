@@ -95,3 +95,98 @@ def test_unknown_yaml_key_names_the_nearest(model, tmp_path):
     (tmp_path / "job.yaml").write_text("gudance_scale: 3\n")
     result = unityvideo("generate", "x", "--model", model, "--config", tmp_path / "job.yaml")
     assert result.returncode == 2 and "Unknown key 'gudance_scale'" in result.stderr and "did you mean 'guidance_scale'" in result.stderr
+
+
+def test_restyle(model, tmp_path):
+    from unityvideo_diffusers.video_io import save_video
+
+    save_video(np.random.default_rng(0).random((9, 64, 64, 3)), tmp_path / "clip.mp4")
+    result = unityvideo("restyle", tmp_path / "clip.mp4", "a green cube", "--model", model, *SMALL, "--output", tmp_path / "new.mp4")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert len(load_frames(tmp_path / "new.mp4")) == len(load_frames(tmp_path / "new_depth.mp4")) == 9
+
+
+class FakeHub:
+    """Records what would be sent to the Hub."""
+
+    calls: list = []
+
+    def __init__(self, token=None):
+        self.token = token
+
+    def create_repo(self, repo_id, **kwargs):
+        FakeHub.calls.append(("create_repo", repo_id, kwargs))
+        return type("Repo", (), {"repo_id": repo_id})()
+
+    def upload_folder(self, **kwargs):
+        folder = kwargs["folder_path"]
+        files = sorted(str(p.relative_to(folder)) for p in __import__("pathlib").Path(folder).rglob("*") if p.is_file())
+        FakeHub.calls.append(("upload_folder", kwargs["repo_id"], files, open(f"{folder}/README.md").read()))
+
+
+@pytest.fixture
+def fake_hub(monkeypatch):
+    import huggingface_hub
+
+    FakeHub.calls = []
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeHub)
+    return FakeHub
+
+
+def test_push_command_uploads_a_complete_folder_with_a_card(model, fake_hub, tmp_path, capsys):
+    import shutil
+
+    from unityvideo_diffusers.cli import main
+
+    folder = tmp_path / "to_push"
+    shutil.copytree(model, folder)
+    assert main(["push", str(folder), "--repo-id", "me/my-unityvideo", "--private"]) == 0
+    (_, repo, options), (_, uploaded_repo, files, card) = fake_hub.calls
+    assert repo == uploaded_repo == "me/my-unityvideo" and options["private"] is True
+    assert {"model_index.json", "README.md", "transformer/config.json", "vae/config.json"} <= set(files)
+    front_matter = card.split("---")[1]
+    for line in ("license: apache-2.0", "pipeline_tag: text-to-video", "base_model: KlingTeam/UnityVideo", "- depth", "- unityvideo"):
+        assert line in front_matter
+    assert 'UnityVideoPipeline.from_pretrained("me/my-unityvideo"' in card
+    with pytest.raises(SystemExit):
+        main(["push", str(folder), "--repo-id", "not-a-repo-id"])
+    assert "--repo-id must look like owner/name" in capsys.readouterr().err
+
+
+def test_pipeline_push_to_hub(fake_hub):
+    pipe = UnityVideoPipeline(**tiny_pipeline_components())
+    pipe.push_to_hub("me/tiny")
+    upload = fake_hub.calls[-1]
+    assert upload[1] == "me/tiny" and "README.md" in upload[2] and "transformer/diffusion_pytorch_model.safetensors" in upload[2]
+
+
+def test_from_pretrained_reads_the_hub_cache_offline(model, tmp_path):
+    """A Hub-cache-shaped folder (as a download leaves it) loads by repo id with HF_HUB_OFFLINE=1."""
+    import os
+    import shutil
+
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--me--tiny-unityvideo" / "snapshots" / ("0" * 40)
+    shutil.copytree(model, snapshot)
+    (cache / "models--me--tiny-unityvideo" / "refs").mkdir()
+    (cache / "models--me--tiny-unityvideo" / "refs" / "main").write_text("0" * 40)
+    script = ("from unityvideo_diffusers import UnityVideoPipeline; "
+              "p = UnityVideoPipeline.from_pretrained('me/tiny-unityvideo'); print(type(p.transformer).__name__)")  # fmt: skip
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=environment)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().endswith("UnityVideoTransformer3DModel")
+
+
+def test_convert_then_push(fake_hub, tmp_path):
+    from conftest import reference_for
+    from safetensors.torch import save_file
+
+    from unityvideo_diffusers.cli import main
+    from unityvideo_diffusers.testing import TINY_TRANSFORMER
+
+    save_file({k: v.contiguous() for k, v in reference_for(TINY_TRANSFORMER).state_dict().items()}, tmp_path / "r.safetensors")
+    (tmp_path / "config.json").write_text(json.dumps(TINY_TRANSFORMER))
+    assert main(["convert", "--checkpoint", str(tmp_path / "r.safetensors"), "--output", str(tmp_path / "out"),
+                 "--transformer-config", str(tmp_path / "config.json"), "--quiet", "--push-to", "me/converted"]) == 0  # fmt: skip
+    assert fake_hub.calls[0][2]["private"] is True and "transformer/config.json" in fake_hub.calls[1][2]

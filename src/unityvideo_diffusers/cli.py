@@ -17,7 +17,7 @@ def _convert(args: argparse.Namespace) -> str:
     if not checkpoint.exists():
         raise FileNotFoundError(f"--checkpoint {checkpoint} does not exist.")
     if checkpoint.is_dir():
-        if args.base or args.transformer_config or args.transformer_only or args.sha256:
+        if args.base or args.transformer_config or args.transformer_only or args.sha256 or args.push_to:
             raise ValueError(
                 "Converting a diffusers folder back to the released layout takes only --output, --dtype, --overwrite."
             )
@@ -45,6 +45,11 @@ def _convert(args: argparse.Namespace) -> str:
         progress=not args.quiet,
     )
     what = "diffusers pipeline folder" if args.base else "diffusers transformer folder"
+    if args.push_to:
+        from .hub import push_folder
+
+        push_folder(output, args.push_to, private=True)
+        return f"Wrote the {what} {output} and uploaded it (private) to https://huggingface.co/{args.push_to}."
     return f"Wrote the {what} {output}."
 
 
@@ -77,6 +82,7 @@ JOB_OPTIONS = {
     "generate": {"prompt", "negative_prompt", "modality", "image"},
     "control": {"prompt", "negative_prompt", "modality", "control_video", "control_image"},
     "estimate": {"video", "modality", "prompt"},
+    "restyle": {"video", "prompt", "negative_prompt", "modality"},
 }
 SHARED_OPTIONS = set(JOB_DEFAULTS) - {"prompt", "negative_prompt", "modality", "image", "control_video", "control_image", "video"}
 
@@ -85,7 +91,9 @@ def _job_settings(job: str, args: argparse.Namespace) -> dict:
     """Defaults, then the YAML file, then the flags given on the command line (each level overrides the previous)."""
     allowed = SHARED_OPTIONS | JOB_OPTIONS[job]
     settings = {key: value for key, value in JOB_DEFAULTS.items() if key in allowed}
-    if job in ("control", "estimate"):
+    if job == "restyle":
+        settings["modality"] = "depth"  # structure and motion, without the original's colours
+    if job in ("control", "estimate", "restyle"):
         settings["frames"] = None  # as many as the given video has
         settings["guidance_scale"] = 1.0 if job == "estimate" else settings["guidance_scale"]
     if args.config:
@@ -93,7 +101,8 @@ def _job_settings(job: str, args: argparse.Namespace) -> dict:
     settings.update({key: value for key, value in vars(args).items() if key in allowed and value is not None})
     if settings.get("model") is None:
         raise ValueError("--model is required (a converted UnityVideo folder or Hub id).")
-    required = {"generate": ["prompt"], "control": ["prompt", "modality"], "estimate": ["video", "modality"]}[job]
+    required = {"generate": ["prompt"], "control": ["prompt", "modality"], "estimate": ["video", "modality"],
+                "restyle": ["video", "prompt"]}[job]  # fmt: skip
     missing = [name for name in required if not settings.get(name)]
     if job == "control" and not (settings.get("control_video") or settings.get("control_image")):
         missing.append("control_video or control_image")
@@ -182,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--sha256", help="expected SHA-256 of --checkpoint (the released files are checked by default)")
     convert.add_argument("--max-shard-size", default="5GB", help="largest weight file, e.g. 5GB or 500MB")
     convert.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
+    convert.add_argument("--push-to", metavar="REPO_ID", help="then upload the folder (private) with a model card")
     convert.add_argument("--quiet", action="store_true", help="no progress bars")
     convert.set_defaults(run=_convert)
 
@@ -220,10 +230,40 @@ def build_parser() -> argparse.ArgumentParser:
     _add_job_options(estimate)
     estimate.set_defaults(run=_job("estimate"))
 
+    restyle = commands.add_parser("restyle", help="a video -> its depth (or other modality) -> a new video from a new prompt")
+    restyle.add_argument("video", nargs="?")
+    restyle.add_argument("prompt", nargs="?")
+    restyle.add_argument("--modality", help="what carries the structure (default depth; segmentation, raft, ...)")
+    restyle.add_argument("--negative-prompt")
+    _add_job_options(restyle)
+    restyle.set_defaults(run=_job("restyle"))
+
+    push = commands.add_parser("push", help="upload a model folder to the Hub with a generated model card")
+    push.add_argument("folder")
+    push.add_argument("--repo-id", required=True, help="owner/name")
+    push.add_argument("--private", action="store_true")
+    push.add_argument("--token", help="Hub token (default: the logged-in one)")
+    push.add_argument("--commit-message")
+    push.add_argument("--create-pr", action="store_true")
+    push.add_argument("--base-model", default="KlingTeam/UnityVideo", help="base_model of the card")
+    push.add_argument("--overwrite-card", action="store_true", help="regenerate README.md even if the folder has one")
+    push.set_defaults(run=_push)
+
     info = commands.add_parser("info", help="what a model folder holds")
     info.add_argument("model", help="a UnityVideo pipeline or transformer folder")
     info.set_defaults(run=_info)
     return parser
+
+
+def _push(args: argparse.Namespace) -> str:
+    from .hub import push_folder
+
+    if not Path(args.folder).is_dir():
+        raise FileNotFoundError(f"{args.folder} is not a folder.")
+    push_folder(args.folder, args.repo_id, private=args.private or None, token=args.token,
+                commit_message=args.commit_message, create_pr=args.create_pr, base_model=args.base_model,
+                overwrite_card=args.overwrite_card)  # fmt: skip
+    return f"Uploaded {args.folder} to https://huggingface.co/{args.repo_id}."
 
 
 def _info(args: argparse.Namespace) -> str:

@@ -77,7 +77,7 @@ def run(job: str, settings: dict) -> dict:
 
     started = time.perf_counter()
     pipeline_class = {"generate": UnityVideoPipeline, "control": UnityVideoControlPipeline,
-                      "estimate": UnityVideoPerceptionPipeline}[job]  # fmt: skip
+                      "estimate": UnityVideoPerceptionPipeline, "restyle": UnityVideoPerceptionPipeline}[job]  # fmt: skip
     output = Path(settings["output"])
     modality = settings.get("modality")
     pipe = load_pipeline(pipeline_class, settings["model"], settings["device"], settings["dtype"], settings["offload"],
@@ -96,9 +96,16 @@ def run(job: str, settings: dict) -> dict:
             control = load_frames(settings["control_image"])[:1] * settings["frames"]  # a still control, held
         result = pipe(settings["prompt"], control_video=control, modality=modality,
                       negative_prompt=settings.get("negative_prompt"), num_frames=settings.get("frames"), **common)  # fmt: skip
-    else:
+    elif job == "estimate":
         result = pipe(video=settings["video"], modality=modality, prompt=settings.get("prompt") or "",
                       num_frames=settings.get("frames"), **common)  # fmt: skip
+    else:  # restyle: the video's modality (its structure and motion), then a new video that follows it
+        structure = pipe(video=settings["video"], modality=modality, num_frames=settings.get("frames"),
+                         **{**common, "guidance_scale": 1.0})  # fmt: skip
+        control = UnityVideoControlPipeline.from_pipe(pipe)
+        result = control(settings["prompt"], control_video=structure.modality_frames[0], modality=modality,
+                         negative_prompt=settings.get("negative_prompt"), **common)  # fmt: skip
+        result.modality_frames = structure.modality_frames
     generated = time.perf_counter()
     written = write_outputs(output, result.frames, result.modality_frames, modality, settings["fps"], job == "estimate")
     record = {"job": job, "settings": settings, "outputs": written,

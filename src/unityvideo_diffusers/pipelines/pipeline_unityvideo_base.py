@@ -88,6 +88,26 @@ class UnityVideoBasePipeline(DiffusionPipeline, WanLoraLoaderMixin):
         self.video_processor = VideoProcessor(vae_scale_factor=self.vae_scale_factor_spatial)
         self._modality_prompt_cache: dict[tuple, torch.Tensor] = {}
 
+    def push_to_hub(
+        self,
+        repo_id: str,
+        commit_message: str | None = None,
+        private: bool | None = None,
+        token: str | None = None,
+        create_pr: bool = False,
+        safe_serialization: bool = True,
+        variant: str | None = None,
+    ):
+        """Save the pipeline with a UnityVideo model card (license, base model, modalities, usage) and upload it."""
+        import tempfile
+
+        from ..hub import push_folder
+
+        with tempfile.TemporaryDirectory() as folder:
+            self.save_pretrained(folder, safe_serialization=safe_serialization, variant=variant)
+            return push_folder(folder, repo_id, private=private, token=token, commit_message=commit_message,
+                               create_pr=create_pr)  # fmt: skip
+
     # ------------------------------------------------------------------ properties used by the loop and callbacks
 
     @property

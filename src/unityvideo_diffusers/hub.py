@@ -1,0 +1,89 @@
+"""Publishing to the Hugging Face Hub: a generated model card and one upload of a complete folder."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+CARD_NAME = "README.md"
+
+
+def model_card(folder: str | os.PathLike, repo_id: str, base_model: str = "KlingTeam/UnityVideo") -> str:
+    """A model card for a UnityVideo folder: metadata, what it does, the modalities, usage and training settings."""
+    folder = Path(folder)
+    transformer = folder / "transformer" / "config.json"
+    config = json.loads(transformer.read_text()) if transformer.is_file() else {}
+    modalities = config.get("modalities", [])
+    training = {}
+    for name in ("train_config.json", "unityvideo_training.json"):
+        if (folder / name).is_file():
+            training.update(json.loads((folder / name).read_text()))
+    tags = ["unityvideo", "diffusers", "video-generation", "text-to-video", "video-to-video", *sorted(modalities)]
+    lines = [
+        "---",
+        "license: apache-2.0",
+        "library_name: diffusers",
+        "pipeline_tag: text-to-video",
+        f"base_model: {base_model}",
+        "tags:",
+        *[f"- {tag}" for tag in tags],
+        "---",
+        "",
+        f"# {repo_id.split('/')[-1]}",
+        "",
+        "A [UnityVideo](https://arxiv.org/abs/2512.07831) pipeline for diffusers: one video diffusion transformer for",
+        "text -> video with a jointly generated modality video, modality -> video (control), and video -> modality",
+        "(estimation). Load it with [unityvideo-diffusers](https://pypi.org/project/unityvideo-diffusers/).",
+        "",
+        f"Modalities: {', '.join(modalities) if modalities else 'see transformer/config.json'}.",
+        "",
+        "## Usage",
+        "",
+        "```python",
+        "import torch",
+        "from unityvideo_diffusers import UnityVideoPipeline, UnityVideoControlPipeline, UnityVideoPerceptionPipeline",
+        "",
+        f'pipe = UnityVideoPipeline.from_pretrained("{repo_id}", torch_dtype=torch.bfloat16).to("cuda")',
+        'out = pipe("a red ball bouncing on a wooden floor", modality="depth", num_frames=33, height=256, width=256)',
+        'depth_video = UnityVideoPerceptionPipeline.from_pipe(pipe)(video="clip.mp4", modality="depth").modality_frames[0]',
+        "```",
+    ]
+    if training:
+        lines += ["", "## Training", "", "```json", json.dumps(training, indent=2, default=str), "```"]
+    if config:
+        size = f"{config.get('num_layers')} layers, {config.get('num_attention_heads')} x {config.get('attention_head_dim')} heads"
+        lines += ["", "## Model", "", f"`UnityVideoTransformer3DModel`: {size}, {config.get('in_channels')} latent channels."]
+    return "\n".join(lines) + "\n"
+
+
+def push_folder(
+    folder: str | os.PathLike,
+    repo_id: str,
+    *,
+    private: bool | None = None,
+    token: str | None = None,
+    commit_message: str | None = None,
+    create_pr: bool = False,
+    base_model: str = "KlingTeam/UnityVideo",
+    overwrite_card: bool = False,
+):
+    """Create `repo_id` if needed and upload `folder` with a model card (kept if the folder already has one)."""
+    from huggingface_hub import HfApi
+
+    folder = Path(folder)
+    if not (folder / "model_index.json").is_file() and not (folder / "config.json").is_file():
+        raise ValueError(f"{folder} is not a diffusers folder (no model_index.json or config.json).")
+    if repo_id.count("/") != 1 or any(not part for part in repo_id.split("/")):
+        raise ValueError(f"--repo-id must look like owner/name, got {repo_id!r}.")
+    card = folder / CARD_NAME
+    if overwrite_card or not card.is_file():
+        card.write_text(model_card(folder, repo_id, base_model))
+    api = HfApi(token=token)
+    repo = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+    return api.upload_folder(
+        repo_id=getattr(repo, "repo_id", repo_id),
+        folder_path=str(folder),
+        commit_message=commit_message or "Upload UnityVideo pipeline",
+        create_pr=create_pr,
+    )
