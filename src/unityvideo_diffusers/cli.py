@@ -26,6 +26,10 @@ def _convert(args: argparse.Namespace) -> str:
         )
         return f"Wrote the released-layout checkpoint {output} (sha256 {digest})."
 
+    if args.push_to:
+        from .hub import check_repo_id
+
+        check_repo_id(args.push_to)  # before hours of conversion
     overrides = None
     if args.transformer_config:
         try:

@@ -57,6 +57,11 @@ def model_card(folder: str | os.PathLike, repo_id: str, base_model: str = "Kling
     return "\n".join(lines) + "\n"
 
 
+def check_repo_id(repo_id: str) -> None:
+    if not isinstance(repo_id, str) or repo_id.count("/") != 1 or any(not part for part in repo_id.split("/")):
+        raise ValueError(f"--repo-id must look like owner/name, got {repo_id!r}.")
+
+
 def push_folder(
     folder: str | os.PathLike,
     repo_id: str,
@@ -72,10 +77,10 @@ def push_folder(
     from huggingface_hub import HfApi
 
     folder = Path(folder)
-    if not (folder / "model_index.json").is_file() and not (folder / "config.json").is_file():
-        raise ValueError(f"{folder} is not a diffusers folder (no model_index.json or config.json).")
-    if repo_id.count("/") != 1 or any(not part for part in repo_id.split("/")):
-        raise ValueError(f"--repo-id must look like owner/name, got {repo_id!r}.")
+    markers = ("model_index.json", "config.json", "transformer/config.json")
+    if not any((folder / marker).is_file() for marker in markers):
+        raise ValueError(f"{folder} is not a diffusers folder (none of {', '.join(markers)}).")
+    check_repo_id(repo_id)
     card = folder / CARD_NAME
     if overwrite_card or not card.is_file():
         card.write_text(model_card(folder, repo_id, base_model))
