@@ -1,0 +1,105 @@
+"""Config-file inference, with the keys of the project's founding description.
+
+    python scripts/inference.py --config configs/inference/text2video_config.yaml [--device cpu]
+
+Keys: model_path, text_prompt, video_length, resolution, guidance_scale, seed, output_path, control_type,
+control_image_path (or control_video_path), video_path + estimate_type (estimation), num_inference_steps, fps,
+negative_prompt. The job follows from the keys: control_type -> control, estimate_type -> estimation, else text ->
+video. Values the model cannot use are turned into the nearest ones it can, and the script says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import sys
+from pathlib import Path
+
+import yaml
+
+KEYS = {  # founding-description key -> unityvideo job setting
+    "model_path": "model", "text_prompt": "prompt", "negative_prompt": "negative_prompt", "guidance_scale": "guidance_scale",
+    "seed": "seed", "output_path": "output", "num_inference_steps": "steps", "fps": "fps", "modality": "modality",
+    "control_type": "modality", "control_image_path": "control_image", "control_video_path": "control_video",
+    "video_path": "video", "estimate_type": "modality", "image_path": "image", "scheduler": "scheduler", "dtype": "dtype",
+}  # fmt: skip
+TRAINING_ONLY = {"gradient_checkpointing", "learning_rate", "batch_size", "max_epochs", "dataset_path", "save_path"}
+SPECIAL = {"video_length", "resolution", "device"}
+
+
+def nearest_frames(frames: int) -> int:
+    return max(1, round((frames - 1) / 4) * 4 + 1)
+
+
+def nearest_size(size: int) -> int:
+    return max(32, round(size / 32) * 32)
+
+
+def parse_resolution(value) -> tuple[int, int]:
+    """256, "256", "448x256" (width x height), or [256, 448] (height, width) -> (height, width)."""
+    if isinstance(value, (list, tuple)):
+        height, width = value
+    elif isinstance(value, str) and "x" in value.lower():
+        width, height = value.lower().split("x")
+    else:
+        height = width = value
+    return int(height), int(width)
+
+
+def settings_from(config: dict, device: str | None) -> tuple[str, dict, list[str]]:
+    notes, settings = [], {}
+    for key, value in config.items():
+        if key in TRAINING_ONLY:
+            notes.append(f"{key} is a training setting; ignored at inference.")
+        elif key in KEYS:
+            settings[KEYS[key]] = value
+        elif key not in SPECIAL:
+            close = difflib.get_close_matches(key, sorted(KEYS.keys() | SPECIAL), n=1)
+            raise ValueError(f"Unknown key {key!r}" + (f"; did you mean {close[0]!r}?" if close else "."))
+    if "video_length" in config:
+        frames = int(config["video_length"])
+        settings["frames"] = nearest_frames(frames)
+        if settings["frames"] != frames:
+            notes.append(f"video_length {frames} is not 4k+1; using {settings['frames']}.")
+    if "resolution" in config:
+        height, width = parse_resolution(config["resolution"])
+        for name, value in (("height", height), ("width", width)):
+            settings[name] = nearest_size(value)
+            if settings[name] != value:
+                notes.append(f"{name} {value} is not a multiple of 32; using {settings[name]}.")
+    if device or config.get("device"):
+        settings["device"] = device or config["device"]
+    job = "control" if "control_type" in config else "estimate" if "estimate_type" in config else "generate"
+    return job, settings, notes
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--device", help="cpu, cuda, ... (overrides the file)")
+    args = parser.parse_args(argv)
+    try:
+        config = yaml.safe_load(Path(args.config).read_text()) or {}
+        job, settings, notes = settings_from(config, args.device)
+        for note in notes:
+            print(f"note: {note}")
+        from unityvideo_diffusers.cli import JOB_DEFAULTS, JOB_OPTIONS, SHARED_OPTIONS
+        from unityvideo_diffusers.jobs import run
+
+        allowed = SHARED_OPTIONS | JOB_OPTIONS[job]
+        full = {**{k: v for k, v in JOB_DEFAULTS.items() if k in allowed}, **settings}
+        if job != "generate" and "frames" not in settings:
+            full["frames"] = None
+        if not full.get("model"):
+            raise ValueError("model_path is required.")
+        full["output"] = full["output"] or f"outputs/{job}.mp4"
+        record = run(job, full)
+    except (OSError, ValueError, TypeError, yaml.YAMLError) as error:
+        print(f"inference.py: error: {error}", file=sys.stderr)
+        return 2
+    print(f"Wrote {', '.join(record['outputs'].values())} and {record['record']}.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
