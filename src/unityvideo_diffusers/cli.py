@@ -253,10 +253,30 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--overwrite-card", action="store_true", help="regenerate README.md even if the folder has one")
     push.set_defaults(run=_push)
 
+    demo = commands.add_parser("demo", help="web demo of the three jobs (Gradio)")
+    demo.add_argument("--model", required=True, help="converted UnityVideo folder or Hub id")
+    demo.add_argument("--device", default="cpu")
+    demo.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=7860)
+    demo.add_argument("--share", action="store_true", help="a public Gradio link")
+    demo.set_defaults(run=_demo)
+
     info = commands.add_parser("info", help="what a model folder holds")
     info.add_argument("model", help="a UnityVideo pipeline or transformer folder")
     info.set_defaults(run=_info)
     return parser
+
+
+def _demo(args: argparse.Namespace) -> str:
+    try:
+        from .demo import launch
+    except ImportError as error:
+        raise ValueError(f"The demo needs Gradio: pip install 'unityvideo-diffusers[demo]' ({error}).") from None
+    if not Path(args.model).exists() and args.model.count("/") != 1:
+        raise FileNotFoundError(f"--model {args.model} is neither a folder nor a Hub id (owner/name).")
+    launch(args.model, args.device, args.dtype, args.host, args.port, args.share)
+    return "Demo stopped."
 
 
 def _push(args: argparse.Namespace) -> str:
