@@ -190,3 +190,19 @@ def test_convert_then_push(fake_hub, tmp_path):
     assert main(["convert", "--checkpoint", str(tmp_path / "r.safetensors"), "--output", str(tmp_path / "out"),
                  "--transformer-config", str(tmp_path / "config.json"), "--quiet", "--push-to", "me/converted"]) == 0  # fmt: skip
     assert fake_hub.calls[0][2]["private"] is True and "transformer/config.json" in fake_hub.calls[1][2]
+
+
+def test_every_command_reads_a_config(model, tmp_path, capsys):
+    from unityvideo_diffusers.cli import main
+
+    (tmp_path / "info.yaml").write_text(f"model: {model}\n")
+    assert main(["info", "--config", str(tmp_path / "info.yaml")]) == 0
+    assert "modalities:" in capsys.readouterr().out
+    (tmp_path / "push.yaml").write_text("repo_id: me/x\nprivat: true\n")
+    with pytest.raises(SystemExit):
+        main(["push", str(model), "--config", str(tmp_path / "push.yaml")])
+    error = capsys.readouterr().err
+    assert "Unknown key 'privat'" in error and "did you mean 'private'" in error
+    with pytest.raises(SystemExit):
+        main(["convert", "--output", str(tmp_path / "x")])
+    assert "missing --checkpoint (a flag or a --config key)" in capsys.readouterr().err

@@ -144,6 +144,19 @@ def _read_job_config(path: str, allowed: set[str]) -> dict:
     return values
 
 
+def _apply_config(args: argparse.Namespace) -> None:
+    """Fill the options not given on the command line from --config, then check the required ones."""
+    internal = {"config", "run", "parser", "required", "command"}
+    names = {action.dest for action in args.parser._actions if action.dest != "help"} - internal
+    if args.config:
+        for key, value in _read_job_config(args.config, names).items():
+            if getattr(args, key) == args.parser.get_default(key):
+                setattr(args, key, value)
+    missing = [name for name in args.required if getattr(args, name) in (None, "")]
+    if missing:
+        raise ValueError(f"missing {', '.join('--' + name.replace('_', '-') for name in missing)} (a flag or a --config key).")
+
+
 def _job(job: str):
     def run(args: argparse.Namespace) -> str:
         from .jobs import run as run_job
@@ -184,8 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
             "UnityVideo diffusers folder back into the released layout (when --checkpoint is a folder)."
         ),
     )
-    convert.add_argument("--checkpoint", required=True, help="released .safetensors file, or a diffusers folder")
-    convert.add_argument("--output", required=True, help="output folder (or .safetensors file when converting back)")
+    convert.add_argument("--checkpoint", help="released .safetensors file, or a diffusers folder (required)")
+    convert.add_argument("--output", help="output folder, or .safetensors file when converting back (required)")
+    convert.add_argument("--config", help="YAML file of these options (flags override it)")
     convert.add_argument("--base", help="Wan2.2-TI2V-5B diffusers folder or Hub id: also write vae, text encoder, "
                          "tokenizer, scheduler and model_index.json (a complete pipeline folder)")
     convert.add_argument("--transformer-config", help="JSON of UnityVideoTransformer3DModel config keys "
@@ -197,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     convert.add_argument("--push-to", metavar="REPO_ID", help="then upload the folder (private) with a model card")
     convert.add_argument("--quiet", action="store_true", help="no progress bars")
-    convert.set_defaults(run=_convert)
+    convert.set_defaults(run=_convert, parser=convert, required=("checkpoint", "output"))
 
     trainer = commands.add_parser(
         "train",
@@ -243,28 +257,31 @@ def build_parser() -> argparse.ArgumentParser:
     restyle.set_defaults(run=_job("restyle"))
 
     push = commands.add_parser("push", help="upload a model folder to the Hub with a generated model card")
-    push.add_argument("folder")
-    push.add_argument("--repo-id", required=True, help="owner/name")
+    push.add_argument("folder", nargs="?")
+    push.add_argument("--repo-id", help="owner/name (required)")
+    push.add_argument("--config", help="YAML file of these options (flags override it)")
     push.add_argument("--private", action="store_true")
     push.add_argument("--token", help="Hub token (default: the logged-in one)")
     push.add_argument("--commit-message")
     push.add_argument("--create-pr", action="store_true")
     push.add_argument("--base-model", default="KlingTeam/UnityVideo", help="base_model of the card")
     push.add_argument("--overwrite-card", action="store_true", help="regenerate README.md even if the folder has one")
-    push.set_defaults(run=_push)
+    push.set_defaults(run=_push, parser=push, required=("folder", "repo_id"))
 
     demo = commands.add_parser("demo", help="web demo of the three jobs (Gradio)")
-    demo.add_argument("--model", required=True, help="converted UnityVideo folder or Hub id")
+    demo.add_argument("--model", help="converted UnityVideo folder or Hub id (required)")
+    demo.add_argument("--config", help="YAML file of these options (flags override it)")
     demo.add_argument("--device", default="cpu")
     demo.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
     demo.add_argument("--host", default="127.0.0.1")
     demo.add_argument("--port", type=int, default=7860)
     demo.add_argument("--share", action="store_true", help="a public Gradio link")
-    demo.set_defaults(run=_demo)
+    demo.set_defaults(run=_demo, parser=demo, required=("model",))
 
     info = commands.add_parser("info", help="what a model folder holds")
-    info.add_argument("model", help="a UnityVideo pipeline or transformer folder")
-    info.set_defaults(run=_info)
+    info.add_argument("model", nargs="?", help="a UnityVideo pipeline or transformer folder (required)")
+    info.add_argument("--config", help="YAML file of these options")
+    info.set_defaults(run=_info, parser=info, required=("model",))
     return parser
 
 
@@ -324,6 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     command = {"text2all": "generate", "flow2video": "control", "video2flow": "estimate"}.get(args.command, args.command)
     try:
+        if hasattr(args, "parser"):  # commands whose options may also come from --config
+            _apply_config(args)
         message = args.run(args)
     except (ValueError, TypeError, OSError) as error:
         parser.exit(2, f"unityvideo {command}: error: {error}\n")
