@@ -11,11 +11,12 @@ video. Values the model cannot use are turned into the nearest ones it can, and 
 from __future__ import annotations
 
 import argparse
-import difflib
 import sys
 from pathlib import Path
 
 import yaml
+
+from unityvideo_diffusers.validation import unknown_key
 
 KEYS = {  # founding-description key -> unityvideo job setting
     "model_path": "model", "text_prompt": "prompt", "negative_prompt": "negative_prompt", "guidance_scale": "guidance_scale",
@@ -54,8 +55,7 @@ def settings_from(config: dict, device: str | None) -> tuple[str, dict, list[str
         elif key in KEYS:
             settings[KEYS[key]] = value
         elif key not in SPECIAL:
-            close = difflib.get_close_matches(key, sorted(KEYS.keys() | SPECIAL), n=1)
-            raise ValueError(f"Unknown key {key!r}" + (f"; did you mean {close[0]!r}?" if close else "."))
+            raise ValueError(unknown_key(key, KEYS.keys() | SPECIAL))
     if "video_length" in config:
         frames = int(config["video_length"])
         settings["frames"] = nearest_frames(frames)

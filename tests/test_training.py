@@ -76,7 +76,7 @@ def test_recipe_math():
 
 
 def test_bad_configs_are_named_before_loading_anything(tmp_path):
-    with pytest.raises(ConfigError, match=r"'learning_rte' \(did you mean 'learning_rate'\?\)"):
+    with pytest.raises(ConfigError, match=r"Unknown key 'learning_rte'; did you mean 'learning_rate'\?"):
         TrainConfig.from_dict({"learning_rte": 1e-4})
     config_file = tmp_path / "train.yaml"
     config_file.write_text("model_path: nowhere\ndataset_path: nothing.csv\nnum_frames: 16\ntraining_mode: qlora\nbatch_size: 0\n")

@@ -126,9 +126,9 @@ def _job_settings(job: str, args: argparse.Namespace) -> dict:
 
 
 def _read_job_config(path: str, allowed: set[str]) -> dict:
-    import difflib
-
     import yaml
+
+    from .validation import unknown_key
 
     try:
         values = yaml.safe_load(Path(path).read_text()) or {}
@@ -139,8 +139,7 @@ def _read_job_config(path: str, allowed: set[str]) -> dict:
     values = {key.replace("-", "_"): value for key, value in values.items()}
     for key in values:
         if key not in allowed:
-            close = difflib.get_close_matches(key, sorted(allowed), n=1)
-            raise ValueError(f"Unknown key {key!r} in {path}" + (f"; did you mean {close[0]!r}?" if close else "."))
+            raise ValueError(unknown_key(key, allowed, path))
     return values
 
 

@@ -8,7 +8,7 @@ import PIL.Image
 import torch
 
 from ..tasks import resolve_task
-from .pipeline_unityvideo_base import UnityVideoBasePipeline
+from .pipeline_unityvideo_base import UnityVideoBasePipeline, call_arguments
 
 
 class UnityVideoPipeline(UnityVideoBasePipeline):
@@ -74,16 +74,4 @@ class UnityVideoPipeline(UnityVideoBasePipeline):
                 released model was trained on) is made in windows, each conditioned on the last
                 `window_overlap_frames` (a multiple of 4) of the previous one.
         """
-        return self._run(
-            task=resolve_task("joint"), prompt=prompt, negative_prompt=negative_prompt, modality=modality,
-            condition_video=None, image=image, height=height, width=width, num_frames=num_frames,
-            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-            num_videos_per_prompt=num_videos_per_prompt, generator=generator, latents=latents,
-            modality_latents=modality_latents, prompt_embeds=prompt_embeds,
-            negative_prompt_embeds=negative_prompt_embeds, modality_prompt_embeds=modality_prompt_embeds,
-            output_type=output_type, return_dict=return_dict, attention_kwargs=attention_kwargs,
-            callback_on_step_end=callback_on_step_end,
-            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
-            max_sequence_length=max_sequence_length, window_frames=window_frames,
-            window_overlap_frames=window_overlap_frames,
-        )  # fmt: skip
+        return self._run(resolve_task("joint"), condition_video=None, **call_arguments(locals()))

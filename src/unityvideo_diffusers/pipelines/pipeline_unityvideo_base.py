@@ -39,6 +39,11 @@ class Hold:
         return self.keep * latents + (1 - self.keep) * self.target
 
 
+def call_arguments(namespace: dict, renamed: tuple[str, ...] = ()) -> dict:
+    """A pipeline `__call__`'s arguments (its `locals()`), for the shared `_run`, less the ones it renames."""
+    return {k: v for k, v in namespace.items() if k not in ("self", "__class__", *renamed)}
+
+
 def window_plan(num_frames: int, window: int, overlap: int) -> list[tuple[int, int]]:
     """[start, end) latent-frame windows of length `window` covering `num_frames`, consecutive ones sharing at least
     `overlap` frames; the last one ends at the last frame."""
@@ -483,8 +488,8 @@ class UnityVideoBasePipeline(DiffusionPipeline, WanLoraLoaderMixin):
 
     def _run(
         self,
-        *,
         task: Task,
+        *,
         prompt,
         negative_prompt,
         modality,

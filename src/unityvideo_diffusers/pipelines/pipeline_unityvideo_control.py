@@ -9,7 +9,7 @@ import torch
 
 from ..tasks import resolve_task
 from ..video_io import VideoInput
-from .pipeline_unityvideo_base import UnityVideoBasePipeline
+from .pipeline_unityvideo_base import UnityVideoBasePipeline, call_arguments
 
 
 class UnityVideoControlPipeline(UnityVideoBasePipeline):
@@ -63,15 +63,5 @@ class UnityVideoControlPipeline(UnityVideoBasePipeline):
             raise ValueError("Pass `control_video`: the modality video the generated video should follow.")
         if modality is None:
             raise ValueError("Pass `modality`: what `control_video` shows (e.g. 'depth').")
-        return self._run(
-            task=resolve_task("control"), prompt=prompt, negative_prompt=negative_prompt, modality=modality,
-            condition_video=control_video, image=image, height=height, width=width, num_frames=num_frames,
-            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-            num_videos_per_prompt=num_videos_per_prompt, generator=generator, latents=latents,
-            modality_latents=None, prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
-            modality_prompt_embeds=modality_prompt_embeds, output_type=output_type, return_dict=return_dict,
-            attention_kwargs=attention_kwargs, callback_on_step_end=callback_on_step_end,
-            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
-            max_sequence_length=max_sequence_length, window_frames=window_frames,
-            window_overlap_frames=window_overlap_frames,
-        )  # fmt: skip
+        arguments = call_arguments(locals(), renamed=("control_video",))
+        return self._run(resolve_task("control"), condition_video=control_video, modality_latents=None, **arguments)

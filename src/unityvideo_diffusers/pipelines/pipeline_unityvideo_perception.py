@@ -8,7 +8,7 @@ import torch
 
 from ..tasks import resolve_task
 from ..video_io import VideoInput
-from .pipeline_unityvideo_base import UnityVideoBasePipeline
+from .pipeline_unityvideo_base import UnityVideoBasePipeline, call_arguments
 
 
 class UnityVideoPerceptionPipeline(UnityVideoBasePipeline):
@@ -64,16 +64,5 @@ class UnityVideoPerceptionPipeline(UnityVideoBasePipeline):
             raise ValueError("Pass `modality`: what to estimate (e.g. 'depth').")
         if prompt is None and prompt_embeds is None:
             prompt = [""] * (len(modality) if isinstance(modality, list) else 1)
-        return self._run(
-            task=resolve_task("perception"), prompt=prompt, negative_prompt=negative_prompt, modality=modality,
-            condition_video=video, image=None, height=height, width=width, num_frames=num_frames,
-            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-            num_videos_per_prompt=num_videos_per_prompt, generator=generator, latents=None,
-            modality_latents=modality_latents, prompt_embeds=prompt_embeds,
-            negative_prompt_embeds=negative_prompt_embeds, modality_prompt_embeds=modality_prompt_embeds,
-            output_type=output_type, return_dict=return_dict, attention_kwargs=attention_kwargs,
-            callback_on_step_end=callback_on_step_end,
-            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
-            max_sequence_length=max_sequence_length, window_frames=window_frames,
-            window_overlap_frames=window_overlap_frames,
-        )  # fmt: skip
+        arguments = call_arguments(locals(), renamed=("video",))
+        return self._run(resolve_task("perception"), condition_video=video, image=None, latents=None, **arguments)

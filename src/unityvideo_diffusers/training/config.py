@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..modalities import resolve_modality
 from ..tasks import TASK_NAMES, resolve_task
+from ..validation import unknown_key
 
 
 class ConfigError(ValueError):
@@ -138,11 +138,7 @@ class TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = [key for key in values if key not in known]
         if unknown:
-            hints = []
-            for key in unknown:
-                close = difflib.get_close_matches(key, sorted(known), n=1)
-                hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-            raise ConfigError(f"Unknown training config keys: {', '.join(hints)}.")
+            raise ConfigError("Invalid training config: " + " ".join(unknown_key(key, known) for key in unknown))
         return cls(**values)
 
     @classmethod
