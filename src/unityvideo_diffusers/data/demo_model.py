@@ -1,0 +1,212 @@
+"""The demo model: a small UnityVideo trained only on ShapesWorld, with this project's own code, by one command.
+
+    python -m unityvideo_diffusers.data.demo_model --output models/shapesworld-demo --minutes 90
+
+1. ShapesWorld data (17 frames at 64 x 64; the held-out colour x shape pairs stay out of training).
+2. A byte-level BPE tokenizer fitted to the world's prompts, and a small UMT5 text encoder left at its seeded random
+   initialisation: the vocabulary is closed and tiny, so fixed random contextual features already separate every
+   prompt, and the transformer's text projection learns to read them.
+3. A Wan2.1-style VAE (8x spatial, 4x temporal, 16 channels), trained on every stream's frames. Wan2.1-style, not
+   Wan2.2's 16x: at 64 x 64 a 16x VAE leaves a 4 x 4 grid (2 x 2 tokens after the transformer's patch), too coarse for
+   objects a few pixels wide; 8x keeps 8 x 8 (4 x 4 tokens), and the pipelines take either VAE from its config.
+4. A small UnityVideoTransformer3DModel for ShapesWorld's modalities, trained with the multi-task recipe
+   (`unityvideo_diffusers.training`), exported from its EMA weights.
+
+`--minutes` is the whole budget; the VAE gets `--vae-share` of it and the transformer the rest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..modalities import known_modalities, register_modality
+from ..video_io import load_frames
+from .shapesworld import MODALITY_COLUMNS, WorldConfig, write_split
+
+NEW_MODALITIES = {
+    "normal": "surface normal map visualization, facing the camera in blue, up in green.",
+    "edge": "edge map visualization, white object outlines on black.",
+}
+TRANSFORMER = dict(num_attention_heads=4, attention_head_dim=24, num_layers=4, ffn_dim=384, in_channels=16, out_channels=16,
+                   text_dim=64, freq_dim=64, modalities=["depth", "raft", "segmentation", *NEW_MODALITIES])  # fmt: skip
+VAE = dict(base_dim=16, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1, temperal_downsample=[False, True, True])
+
+
+def register_world_modalities() -> None:
+    for name, prompt in NEW_MODALITIES.items():
+        if name not in known_modalities():
+            register_modality(name, prompt)
+
+
+def fit_tokenizer(prompts: list[str]):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=512, special_tokens=["<pad>", "</s>", "<unk>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
+    tokenizer.train_from_iterator(prompts, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+
+
+def clip_tensors(csv_root: Path, frames: int) -> list[torch.Tensor]:
+    """Every stream of every clip as a (3, F, H, W) tensor in [-1, 1]."""
+    import csv
+
+    videos = []
+    with open(csv_root / "metadata.csv", newline="") as handle:
+        for row in csv.DictReader(handle):
+            for column in ("video", *MODALITY_COLUMNS):
+                array = np.stack([np.asarray(f, dtype=np.float32) / 127.5 - 1 for f in load_frames(csv_root / row[column])])
+                videos.append(torch.from_numpy(array[:frames]).permute(3, 0, 1, 2))
+    return videos
+
+
+def train_vae(videos: list[torch.Tensor], seconds: float, seed: int, chunk: int = 5, batch_size: int = 4, log=print):
+    """L1 + MSE reconstruction with a small KL term, on random `chunk`-frame windows of every stream."""
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKLWan(**VAE)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+    generator = torch.Generator().manual_seed(seed)
+    started, step = time.perf_counter(), 0
+    while time.perf_counter() - started < seconds:
+        picks = torch.randint(len(videos), (batch_size,), generator=generator)
+        starts = torch.randint(videos[0].shape[1] - chunk + 1, (batch_size,), generator=generator)
+        batch = torch.stack([videos[int(i)][:, int(s) : int(s) + chunk] for i, s in zip(picks, starts)])
+        posterior = vae.encode(batch).latent_dist
+        reconstruction = vae.decode(posterior.sample(generator=None)).sample
+        loss = (reconstruction - batch).abs().mean() + torch.mean((reconstruction - batch) ** 2) + 1e-6 * posterior.kl().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        if step % 50 == 0:
+            log(f"vae step {step}: loss {loss.item():.4f} ({time.perf_counter() - started:.0f} s)")
+    vae.eval()
+    return vae, step
+
+
+@torch.no_grad()
+def latent_statistics(vae, videos: list[torch.Tensor]) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of the VAE's latents over the data, for the pipelines' normalisation."""
+    latents = torch.cat([vae.encode(v[None]).latent_dist.mode().flatten(2) for v in videos[:: max(1, len(videos) // 200)]], dim=2)
+    return latents.mean(dim=(0, 2)).tolist(), latents.std(dim=(0, 2)).clamp_min(1e-3).tolist()
+
+
+def time_training_step(transformer, batch_size: int, frames: int, size: int) -> float:
+    """Seconds of one forward + backward of `transformer` on a joint batch of the world's size (median of 3)."""
+    import copy
+
+    model = copy.deepcopy(transformer).train()
+    config = model.config
+    shape = (batch_size, config.in_channels, (frames - 1) // 4 + 1, size // 8, size // 8)
+    text = torch.randn(batch_size, 512, config.text_dim)
+    times = []
+    for _ in range(4):
+        start = time.perf_counter()
+        out = model(torch.randn(shape), torch.rand(batch_size) * 1000, text, torch.randn(shape), text, modality="depth")
+        (out.sample.square().mean() + out.modality_sample.square().mean()).backward()
+        times.append(time.perf_counter() - start)
+    return sorted(times[1:])[1] * 1.15  # + the optimizer step and data
+
+
+def build(output: str | Path, minutes: float = 90.0, vae_share: float = 0.3, train_clips: int = 400, eval_clips: int = 40,
+          seed: int = 0, work: str | Path | None = None, log=print) -> Path:  # fmt: skip
+    """Run the whole recipe; returns the demo pipeline folder."""
+    from diffusers import UniPCMultistepScheduler
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    from ..models import UnityVideoTransformer3DModel
+    from ..pipelines import UnityVideoPipeline
+    from ..training import TrainConfig, train
+
+    started = time.perf_counter()
+    budget = minutes * 60
+    output = Path(output)
+    work = Path(work) if work else output.with_name(output.name + ".work")
+    register_world_modalities()
+    world = WorldConfig(height=64, width=64, frames=17)
+    csv_path = write_split(work / "shapesworld", "train", train_clips, seed, world)
+    write_split(work / "shapesworld", "eval", eval_clips, seed, world)
+    log(f"data: {csv_path} ({time.perf_counter() - started:.0f} s)")
+
+    import csv
+
+    prompts = [row["prompt"] for row in csv.DictReader(open(csv_path))] + [""] + [p for p in NEW_MODALITIES.values()]
+    tokenizer = fit_tokenizer(prompts)
+    torch.manual_seed(seed)
+    text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=len(tokenizer), d_model=TRANSFORMER["text_dim"], d_kv=16, d_ff=128,
+                                               num_layers=2, num_heads=4, relative_attention_num_buckets=16,
+                                               pad_token_id=0, eos_token_id=1)).eval()  # fmt: skip
+
+    videos = clip_tensors(csv_path.parent, world.frames)
+    vae, vae_steps = train_vae(videos, vae_share * budget - (time.perf_counter() - started), seed, log=log)
+    mean, std = latent_statistics(vae, videos)
+    vae.register_to_config(latents_mean=mean, latents_std=std)
+    log(f"vae: {vae_steps} steps ({time.perf_counter() - started:.0f} s)")
+
+    initial = work / "initial"
+    transformer = UnityVideoTransformer3DModel(**TRANSFORMER)
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=5.0)
+    UnityVideoPipeline(tokenizer=tokenizer, text_encoder=text_encoder, transformer=transformer, vae=vae,
+                       scheduler=scheduler).save_pretrained(initial)  # fmt: skip
+
+    seconds_per_step = time_training_step(transformer, batch_size=4, frames=world.frames, size=world.height)
+    start = time.perf_counter()
+    with torch.no_grad():
+        vae.encode(videos[0][None])
+    encode_seconds = (time.perf_counter() - start) * len(videos)
+    reserve = encode_seconds + 0.02 * budget + 60  # encoding the data once, checkpoints and export
+    steps = max(10, int((budget - (time.perf_counter() - started) - reserve) / seconds_per_step))
+    log(f"transformer: about {seconds_per_step:.3f} s/step; training {steps} steps")
+
+    run = work / "run"
+    config = TrainConfig(model_path=str(initial), dataset_path=str(csv_path), save_path=str(run), training_mode="full",
+                         max_steps=steps, num_frames=17, height=64, width=64, batch_size=4, learning_rate=5e-4,
+                         lr_warmup_steps=min(200, steps // 10), lr_min_ratio=0.1, gradient_checkpointing=False,
+                         checkpoint_every=max(100, steps // 10), ema_decay=0.999, ema_every=1,
+                         new_modalities=NEW_MODALITIES, log_every=25)  # fmt: skip
+    export = train(config, progress=True)
+
+    pipe = UnityVideoPipeline.from_pretrained(initial)
+    pipe.transformer = UnityVideoTransformer3DModel.from_pretrained(run / "final_ema" / "transformer")
+    if output.exists():
+        shutil.rmtree(output)
+    pipe.save_pretrained(output)
+    (output / "recipe.json").write_text(json.dumps({
+        "minutes": minutes, "vae_steps": vae_steps, "transformer_steps": steps, "seed": seed, "train_clips": train_clips,
+        "seconds": round(time.perf_counter() - started), "world": {"height": 64, "width": 64, "frames": 17},
+        "exported_from": str(export),
+    }, indent=2))  # fmt: skip
+    size = sum(p.stat().st_size for p in output.rglob("*") if p.is_file())
+    log(f"demo model: {output} ({size / 2**20:.1f} MiB, {(time.perf_counter() - started) / 60:.1f} min)")
+    return output
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--minutes", type=float, default=90.0)
+    parser.add_argument("--vae-share", type=float, default=0.3)
+    parser.add_argument("--train-clips", type=int, default=400)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if not 0 < args.vae_share < 1 or args.minutes <= 0 or not math.isfinite(args.minutes):
+        parser.error("--minutes must be positive and --vae-share in (0, 1).")
+    build(args.output, args.minutes, args.vae_share, args.train_clips, seed=args.seed)
+
+
+if __name__ == "__main__":
+    main()
