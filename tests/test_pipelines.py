@@ -408,3 +408,17 @@ def test_unreadable_video_is_named(components, tmp_path):
     pipe = make(UnityVideoPerceptionPipeline, components)
     with pytest.raises(ValueError, match="Cannot read the video .*broken.mp4"):
         pipe(video=str(broken), modality="depth", **SIZE)
+
+
+def test_from_pipe_keeps_components_and_dtypes(components, tmp_path):
+    pipe = make(UnityVideoPipeline, components)
+    pipe.save_pretrained(tmp_path)
+    half = UnityVideoPipeline.from_pretrained(tmp_path, torch_dtype=torch.bfloat16)
+    control = UnityVideoControlPipeline.from_pipe(half)
+    assert control.transformer is half.transformer and control.vae is half.vae
+    assert control.transformer.blocks[0].attn1.to_q.weight.dtype == torch.bfloat16
+    assert control.transformer.blocks[0].scale_shift_table.dtype == torch.float32  # fp32-kept modules untouched
+    bare = UnityVideoPipeline.from_pipe(pipe, text_encoder=None, tokenizer=None)
+    assert bare.text_encoder is None and bare.transformer is pipe.transformer
+    with pytest.raises(TypeError, match="takes components"):
+        UnityVideoPipeline.from_pipe(pipe, unet=None)

@@ -93,6 +93,24 @@ class UnityVideoBasePipeline(DiffusionPipeline, WanLoraLoaderMixin):
         self.video_processor = VideoProcessor(vae_scale_factor=self.vae_scale_factor_spatial)
         self._modality_prompt_cache: dict[tuple, torch.Tensor] = {}
 
+    @classmethod
+    def from_pipe(cls, pipeline, **components):
+        """
+        Another UnityVideo job on the same components: no copies, dtypes and devices as they are (diffusers'
+        `from_pipe` casts everything to float32 unless given a dtype, fp32-kept modules included), and the modality
+        prompt cache shared. Components can be replaced, e.g. `text_encoder=None, tokenizer=None`.
+        """
+        if not isinstance(pipeline, UnityVideoBasePipeline):
+            return super().from_pipe(pipeline, **components)
+        names = ("tokenizer", "text_encoder", "transformer", "vae", "scheduler")
+        unknown = sorted(set(components) - set(names))
+        if unknown:
+            raise TypeError(f"from_pipe takes components ({', '.join(names)}), not {unknown}.")
+        new = cls(**{name: components.get(name, getattr(pipeline, name)) for name in names})
+        new._modality_prompt_cache = pipeline._modality_prompt_cache
+        new.set_progress_bar_config(**getattr(pipeline, "_progress_bar_config", {}))
+        return new
+
     def push_to_hub(
         self,
         repo_id: str,

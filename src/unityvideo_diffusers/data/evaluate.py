@@ -1,0 +1,230 @@
+"""Measured quality on held-out ShapesWorld scenes, for any UnityVideo pipeline folder trained on the world.
+
+    python -m unityvideo_diffusers.data.evaluate --model models/shapesworld-demo --data DIR/eval --output quality.json
+
+- perception: depth AbsRel and delta < 1.25 after per-video scale-and-shift alignment (on disparity), optical-flow
+  end-point error (after per-video scale alignment, in pixels), segmentation foreground IoU, normal angular error;
+- control: IoU between the objects of the video generated from a segmentation control and the control's objects;
+- text -> video (one-object prompts): colour, shape and motion direction recovered from the generated frames;
+- joint generation: IoU between the objects of the generated RGB video and of its generated segmentation.
+Baselines: trivial predictors (constant depth, zero flow, no foreground, normals facing the camera).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..modalities import decode_depth, decode_flow, decode_segmentation
+from ..video_io import load_frames
+from .shapesworld import BACKGROUNDS, COLOURS, SHAPES
+
+MOTION_AXES = {"slides left": ("x", -1), "slides right": ("x", 1), "rises": ("y", -1), "falls": ("y", 1),
+               "approaches": ("scale", 1), "recedes": ("scale", -1), "bounces": ("y", -1)}  # fmt: skip
+
+
+# ---------------------------------------------------------------- metrics on arrays
+
+
+def align_scale_shift(prediction: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """The least-squares a * prediction + b closest to target (one pair per video)."""
+    a, b = np.linalg.lstsq(np.stack([prediction.ravel(), np.ones(prediction.size)], 1), target.ravel(), rcond=None)[0]
+    return a * prediction + b
+
+
+def depth_metrics(disparity: np.ndarray, depth: np.ndarray) -> dict:
+    """AbsRel and delta < 1.25 of a relative disparity against metric depth, after scale-and-shift alignment."""
+    aligned = np.clip(align_scale_shift(disparity, 1 / depth), 1e-3, None)
+    predicted = 1 / aligned
+    ratio = np.maximum(predicted / depth, depth / predicted)
+    return {"abs_rel": float(np.mean(np.abs(predicted - depth) / depth)), "delta1": float(np.mean(ratio < 1.25))}
+
+
+def flow_epe(flow: np.ndarray, truth: np.ndarray) -> float:
+    """End-point error in pixels after one least-squares scale per video (the visualisation is normalised)."""
+    scale = float((flow * truth).sum() / max((flow * flow).sum(), 1e-12))
+    return float(np.sqrt(np.square(scale * flow - truth).sum(-1)).mean())
+
+
+def foreground_iou(predicted: np.ndarray, truth: np.ndarray) -> float:
+    union = np.logical_or(predicted, truth).sum()
+    return float(np.logical_and(predicted, truth).sum() / union) if union else 1.0
+
+
+def normal_error_degrees(visualisation: np.ndarray, truth: np.ndarray) -> float:
+    """Mean angle between decoded normals (the world's colour code) and the true ones."""
+    x, y, z = visualisation[..., 0] * 2 - 1, 1 - visualisation[..., 1] * 2, 1 - visualisation[..., 2] * 2
+    normals = np.stack([x, y, z], -1)
+    normals /= np.maximum(np.linalg.norm(normals, axis=-1, keepdims=True), 1e-6)
+    return float(np.degrees(np.arccos(np.clip((normals * truth).sum(-1), -1, 1))).mean())
+
+
+# ---------------------------------------------------------------- reading generated RGB frames
+
+
+def object_mask(frames: np.ndarray, background: str) -> np.ndarray:
+    """Pixels (F, H, W) far from every shade of the scene's background colour."""
+    base = np.array(BACKGROUNDS[background])
+    shades = base[None] * np.linspace(0.7, 1.05, 8)[:, None]
+    distance = np.min(np.linalg.norm(frames[..., None, :] - shades, axis=-1), axis=-1)
+    return distance > 0.15
+
+
+def read_object(frames: np.ndarray, background: str) -> dict:
+    """Colour, shape and motion of the (single) object in generated frames."""
+    mask = object_mask(frames, background)
+    if mask.sum() < 10:
+        return {"colour": None, "shape": None, "motion": None}
+    pixels = frames[mask]
+    # shading darkens: compare chromaticity and brightness-normalised colours
+    palette = np.array(list(COLOURS.values()))
+    normalised = pixels / np.maximum(pixels.max(-1, keepdims=True), 1e-3)
+    palette_normalised = palette / palette.max(-1, keepdims=True)
+    votes = np.argmin(np.linalg.norm(normalised[:, None] - palette_normalised[None], axis=-1), axis=1)
+    colour = list(COLOURS)[int(np.bincount(votes, minlength=len(palette)).argmax())]
+    fills, centres, areas = [], [], []
+    for frame_mask in mask:
+        ys, xs = np.nonzero(frame_mask)
+        if len(ys) < 5:
+            continue
+        box = (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)
+        fills.append(len(ys) / box)
+        centres.append((xs.mean(), ys.mean()))
+        areas.append(len(ys))
+    if len(centres) < 2:
+        return {"colour": colour, "shape": None, "motion": None}
+    fill = float(np.median(fills))
+    shape = min({"ball": math.pi / 4, "cube": 1.0, "triangle": 0.5}.items(), key=lambda item: abs(item[1] - fill))[0]
+    centres = np.array(centres)
+    dx, dy = centres[-1] - centres[0]
+    growth = math.log(areas[-1] / areas[0])
+    bounce = centres[:, 1].max() - centres[:, 1].min() > 2 and abs(dy) < 1.5
+    candidates = {"slides left": -dx, "slides right": dx, "rises": -dy, "falls": dy, "approaches": 8 * growth,
+                  "recedes": -8 * growth}  # fmt: skip
+    motion = "bounces" if bounce and max(candidates.values()) < 2 else max(candidates, key=candidates.get)
+    return {"colour": colour, "shape": shape, "motion": motion}
+
+
+# ---------------------------------------------------------------- the evaluation
+
+
+def _clips(data: Path, limit: int | None):
+    clips = sorted(p for p in data.iterdir() if (p / "gt.npz").is_file())
+    return clips[:limit] if limit else clips
+
+
+def _array(frames) -> np.ndarray:
+    return np.asarray(frames, dtype=np.float64)
+
+
+@torch.no_grad()
+def evaluate(model: str | Path, data: str | Path, steps: int = 20, scheduler: str = "default", limit: int | None = None,
+             seed: int = 0) -> dict:  # fmt: skip
+    """Every metric of the module docstring for one model, sampler and step count."""
+    from ..jobs import make_scheduler
+    from ..pipelines import UnityVideoControlPipeline, UnityVideoPerceptionPipeline, UnityVideoPipeline
+    from .demo_model import register_world_modalities
+
+    register_world_modalities()
+    data = Path(data)
+    pipe = UnityVideoPipeline.from_pretrained(model)
+    pipe.scheduler = make_scheduler(scheduler, pipe)
+    pipe.set_progress_bar_config(disable=True)
+    perception = UnityVideoPerceptionPipeline.from_pipe(pipe)
+    control = UnityVideoControlPipeline.from_pipe(pipe)
+    common = dict(height=64, width=64, num_inference_steps=steps)
+    scores: dict[str, list[float]] = {}
+
+    def add(name: str, value: float) -> None:
+        scores.setdefault(name, []).append(value)
+
+    for clip in _clips(data, limit):
+        truth = np.load(clip / "gt.npz")
+        scene = json.loads((clip / "scene.json").read_text())
+        rgb = load_frames(clip / "rgb")
+        generator = lambda: torch.Generator().manual_seed(seed)  # noqa: E731
+
+        def estimate(modality: str) -> np.ndarray:
+            return _array(perception(video=rgb, modality=modality, generator=generator(), **common).modality_frames[0])
+
+        for name, value in depth_metrics(decode_depth(estimate("depth")), truth["depth"]).items():
+            add(f"perception/depth_{name}", value)
+        add("perception/flow_epe", flow_epe(decode_flow(estimate("raft")), truth["flow"]))
+        add("perception/segmentation_iou", foreground_iou(decode_segmentation(estimate("segmentation")) > 0, truth["labels"] > 0))
+        add("perception/normal_degrees", normal_error_degrees(estimate("normal"), truth["normal"]))
+
+        controlled = _array(control(scene_prompt(scene), control_video=load_frames(clip / "segmentation"),
+                                    modality="segmentation", generator=generator(), guidance_scale=3.0, **common).frames[0])  # fmt: skip
+        add("control/segmentation_iou", foreground_iou(object_mask(controlled, scene["background"]), truth["labels"] > 0))
+
+        if len(scene["objects"]) == 1:
+            joint = pipe(scene_prompt(scene), modality="segmentation", num_frames=17, generator=generator(),
+                         guidance_scale=3.0, **common)  # fmt: skip
+            frames = _array(joint.frames[0])
+            read = read_object(frames, scene["background"])
+            target = scene["objects"][0]
+            add("text2video/colour_accuracy", float(read["colour"] == target["colour"]))
+            add("text2video/shape_accuracy", float(read["shape"] == target["shape"]))
+            add("text2video/motion_accuracy", float(read["motion"] == target["motion"]))
+            generated_segments = decode_segmentation(_array(joint.modality_frames[0])) > 0
+            add("joint/rgb_segmentation_iou", foreground_iou(object_mask(frames, scene["background"]), generated_segments))
+    return {name: float(np.mean(values)) for name, values in sorted(scores.items())}
+
+
+def scene_prompt(scene: dict) -> str:
+    from .shapesworld import Scene, SceneObject
+
+    return Scene(background=scene["background"], objects=[SceneObject(**o) for o in scene["objects"]]).prompt()
+
+
+def trivial_baselines(data: str | Path, limit: int | None = None) -> dict:
+    """What knowing nothing scores: constant depth, zero flow, no foreground, every normal facing the camera."""
+    scores: dict[str, list[float]] = {}
+    for clip in _clips(Path(data), limit):
+        truth = np.load(clip / "gt.npz")
+        depth = truth["depth"]
+        constant = np.full_like(depth, np.median(depth))
+        ratio = np.maximum(constant / depth, depth / constant)
+        scores.setdefault("perception/depth_abs_rel", []).append(float(np.mean(np.abs(constant - depth) / depth)))
+        scores.setdefault("perception/depth_delta1", []).append(float(np.mean(ratio < 1.25)))
+        scores.setdefault("perception/flow_epe", []).append(float(np.sqrt(np.square(truth["flow"]).sum(-1)).mean()))
+        scores.setdefault("perception/segmentation_iou", []).append(foreground_iou(np.zeros_like(truth["labels"], bool), truth["labels"] > 0))
+        facing = np.broadcast_to(np.array([0.5, 0.5, 1.0]), truth["normal"].shape)
+        scores.setdefault("perception/normal_degrees", []).append(normal_error_degrees(facing, truth["normal"]))
+    scores["text2video/colour_accuracy"] = [1 / len(COLOURS)]
+    scores["text2video/shape_accuracy"] = [1 / len(SHAPES)]
+    scores["text2video/motion_accuracy"] = [1 / len(MOTION_AXES)]
+    return {name: float(np.mean(values)) for name, values in sorted(scores.items())}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="the trained pipeline folder")
+    parser.add_argument("--baseline-model", help="e.g. the untrained starting folder, for comparison")
+    parser.add_argument("--data", required=True, help="a ShapesWorld eval split folder")
+    parser.add_argument("--steps", type=int, nargs="+", default=[20])
+    parser.add_argument("--schedulers", nargs="+", default=["default"])
+    parser.add_argument("--limit", type=int, help="evaluate only the first N clips")
+    parser.add_argument("--output", default="quality.json")
+    args = parser.parse_args(argv)
+    results = {"trivial": trivial_baselines(args.data, args.limit)}
+    for scheduler in args.schedulers:
+        for steps in args.steps:
+            results[f"model/{scheduler}/{steps}"] = evaluate(args.model, args.data, steps, scheduler, args.limit)
+    if args.baseline_model:
+        results["untrained"] = evaluate(args.baseline_model, args.data, args.steps[0], args.schedulers[0], args.limit)
+    Path(args.output).write_text(json.dumps(results, indent=2))
+    names = sorted({name for scores in results.values() for name in scores})
+    print(f"{'metric':<32}" + "".join(f"{column:>22}" for column in results))
+    for name in names:
+        print(f"{name:<32}" + "".join(f"{results[c].get(name, float('nan')):>22.3f}" for c in results))
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
