@@ -1,7 +1,7 @@
 """Every ```python block of docs/ runs, page by page, against tiny offline components, so the docs cannot rot.
 
 The workspace stands in for a user's: `unityvideo-5b` is a tiny pipeline folder, `clip.mp4` a video, and
-`data/metadata.csv` a small dataset with a `normal` column.
+`data/metadata.csv` a small dataset with a `albedo` column.
 """
 
 from __future__ import annotations
@@ -29,11 +29,11 @@ def workspace(tmp_path_factory):
     save_video(rng.random((33, 64, 64, 3)), root / "clip.mp4")
     rows = []
     for i in range(2):
-        for kind in ("rgb", "normal"):
+        for kind in ("rgb", "albedo"):
             save_video(rng.random((9, 64, 64, 3)), root / "data" / f"{kind}{i}")
-        rows.append({"video": f"rgb{i}", "prompt": f"clip {i}", "normal": f"normal{i}"})
+        rows.append({"video": f"rgb{i}", "prompt": f"clip {i}", "albedo": f"albedo{i}"})
     with open(root / "data" / "metadata.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["video", "prompt", "normal"])
+        writer = csv.DictWriter(handle, fieldnames=["video", "prompt", "albedo"])
         writer.writeheader()
         writer.writerows(rows)
     return root

@@ -89,6 +89,20 @@ register_modality(
     aliases=("pose", "openpose"),
 )
 
+# ShapesWorld's extra modalities (the demo model reads and writes them too)
+register_modality(
+    "normal",
+    "surface normal map visualization, facing the camera in blue, up in green.",
+    "surface normals, (x, -y, -z) mapped to RGB",
+    aliases=("normals", "surface_normal"),
+)
+register_modality(
+    "edge",
+    "edge map visualization, white object outlines on black.",
+    "object outlines, white on black",
+    aliases=("edges",),
+)
+
 # The released checkpoint's modalities, in the order of its config.json; ids index this order.
 RELEASED_MODALITIES: tuple[str, ...] = ("depth", "densepose", "raft", "segmentation", "skeleton")
 

@@ -27,23 +27,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..modalities import known_modalities, register_modality
+from ..modalities import modality_prompt
 from ..video_io import load_frames
 from .shapesworld import MODALITY_COLUMNS, WorldConfig, write_split
 
-NEW_MODALITIES = {
-    "normal": "surface normal map visualization, facing the camera in blue, up in green.",
-    "edge": "edge map visualization, white object outlines on black.",
-}
+NEW_MODALITIES = {name: modality_prompt(name) for name in ("normal", "edge")}  # beyond the released five
 TRANSFORMER = dict(num_attention_heads=4, attention_head_dim=24, num_layers=4, ffn_dim=384, in_channels=16, out_channels=16,
                    text_dim=64, freq_dim=64, modalities=["depth", "raft", "segmentation", *NEW_MODALITIES])  # fmt: skip
 VAE = dict(base_dim=16, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1, temperal_downsample=[False, True, True])
-
-
-def register_world_modalities() -> None:
-    for name, prompt in NEW_MODALITIES.items():
-        if name not in known_modalities():
-            register_modality(name, prompt)
 
 
 def fit_tokenizer(prompts: list[str]):
@@ -136,7 +127,6 @@ def build(output: str | Path, minutes: float = 90.0, vae_share: float = 0.3, tra
     budget = minutes * 60
     output = Path(output)
     work = Path(work) if work else output.with_name(output.name + ".work")
-    register_world_modalities()
     world = WorldConfig(height=64, width=64, frames=17)
     csv_path = write_split(work / "shapesworld", "train", train_clips, seed, world)
     write_split(work / "shapesworld", "eval", eval_clips, seed, world)

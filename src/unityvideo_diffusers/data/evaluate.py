@@ -128,9 +128,6 @@ def evaluate(model: str | Path, data: str | Path, steps: int = 20, scheduler: st
     """Every metric of the module docstring for one model, sampler and step count."""
     from ..jobs import make_scheduler
     from ..pipelines import UnityVideoControlPipeline, UnityVideoPerceptionPipeline, UnityVideoPipeline
-    from .demo_model import register_world_modalities
-
-    register_world_modalities()
     data = Path(data)
     pipe = UnityVideoPipeline.from_pretrained(model)
     pipe.scheduler = make_scheduler(scheduler, pipe)

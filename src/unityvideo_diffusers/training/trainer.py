@@ -23,7 +23,7 @@ from accelerate.utils import DistributedDataParallelKwargs, gather_object, set_s
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from ..modalities import known_modalities, register_modality
+from ..modalities import known_modalities, modality_prompt, register_modality
 from ..models import UnityVideoTransformer3DModel
 from ..tasks import resolve_task
 from .config import ConfigError, TrainConfig
@@ -159,6 +159,11 @@ def train(config: TrainConfig, extra_loss: Callable | None = None, progress: boo
     for name, prompt in config.new_modalities.items():
         if name not in known_modalities():
             register_modality(name, prompt)
+        elif modality_prompt(name) != prompt:
+            raise ConfigError(
+                f"new_modalities: {name!r} is already known, with the prompt {modality_prompt(name)!r}; "
+                "give that prompt, or another name."
+            )
     transformer = load_transformer(config.model_path)
     for name in config.new_modalities:
         if name not in transformer.config.modalities:
