@@ -13,7 +13,11 @@ from .tasks import TASK_NAMES, resolve_task
 
 __version__ = "0.1.0"
 
+# the bundled demo model (a small UnityVideo trained on ShapesWorld; see unityvideo_diffusers.data.demo_model)
+DEMO_MODEL = __import__("pathlib").Path(__file__).parent / "assets" / "shapesworld-demo"
+
 __all__ = [
+    "DEMO_MODEL",
     "LinearFlowMatchEulerScheduler",
     "RELEASED_MODALITIES",
     "TASK_NAMES",

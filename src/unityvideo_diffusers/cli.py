@@ -91,6 +91,15 @@ JOB_OPTIONS = {
 SHARED_OPTIONS = set(JOB_DEFAULTS) - {"prompt", "negative_prompt", "modality", "image", "control_video", "control_image", "video"}
 
 
+def _default_model() -> str:
+    """The bundled ShapesWorld demo model, so every command runs on a fresh machine with no download."""
+    from . import DEMO_MODEL
+
+    if not (DEMO_MODEL / "model_index.json").is_file():
+        raise ValueError("--model is required (a converted UnityVideo folder or Hub id); no bundled demo model here.")
+    return str(DEMO_MODEL)
+
+
 def _job_settings(job: str, args: argparse.Namespace) -> dict:
     """Defaults, then the YAML file, then the flags given on the command line (each level overrides the previous)."""
     allowed = SHARED_OPTIONS | JOB_OPTIONS[job]
@@ -104,7 +113,7 @@ def _job_settings(job: str, args: argparse.Namespace) -> dict:
         settings.update(_read_job_config(args.config, allowed))
     settings.update({key: value for key, value in vars(args).items() if key in allowed and value is not None})
     if settings.get("model") is None:
-        raise ValueError("--model is required (a converted UnityVideo folder or Hub id).")
+        settings["model"] = _default_model()
     required = {"generate": ["prompt"], "control": ["prompt", "modality"], "estimate": ["video", "modality"],
                 "restyle": ["video", "prompt"]}[job]  # fmt: skip
     missing = [name for name in required if not settings.get(name)]
@@ -167,7 +176,7 @@ def _job(job: str):
 
 
 def _add_job_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", help="converted UnityVideo folder or Hub id")
+    parser.add_argument("--model", help="converted UnityVideo folder or Hub id (default: the bundled demo model)")
     parser.add_argument("--config", help="YAML file of these options (flags override it)")
     parser.add_argument("--output", help="mp4 (default), gif, or a folder for PNG frames; a JSON record goes beside it")
     parser.add_argument("--device", help="cpu (default), cuda, cuda:1, mps ...")
@@ -268,14 +277,14 @@ def build_parser() -> argparse.ArgumentParser:
     push.set_defaults(run=_push, parser=push, required=("folder", "repo_id"))
 
     demo = commands.add_parser("demo", help="web demo of the three jobs (Gradio)")
-    demo.add_argument("--model", help="converted UnityVideo folder or Hub id (required)")
+    demo.add_argument("--model", help="converted UnityVideo folder or Hub id (default: the bundled demo model)")
     demo.add_argument("--config", help="YAML file of these options (flags override it)")
     demo.add_argument("--device", default="cpu")
     demo.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
     demo.add_argument("--host", default="127.0.0.1")
     demo.add_argument("--port", type=int, default=7860)
     demo.add_argument("--share", action="store_true", help="a public Gradio link")
-    demo.set_defaults(run=_demo, parser=demo, required=("model",))
+    demo.set_defaults(run=_demo, parser=demo, required=())
 
     info = commands.add_parser("info", help="what a model folder holds")
     info.add_argument("model", nargs="?", help="a UnityVideo pipeline or transformer folder (required)")
@@ -285,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _demo(args: argparse.Namespace) -> str:
+    args.model = args.model or _default_model()
     try:
         from .demo import launch
     except ImportError as error:
