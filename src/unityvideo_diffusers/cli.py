@@ -286,6 +286,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--share", action="store_true", help="a public Gradio link")
     demo.set_defaults(run=_demo, parser=demo, required=())
 
+    evaluation = commands.add_parser("eval", help="quality on held-out ShapesWorld scenes, against baselines")
+    evaluation.add_argument("--model", help="a model trained on ShapesWorld (default: the bundled demo model)")
+    evaluation.add_argument("--data", required=True, help="a ShapesWorld eval split folder (python -m unityvideo_diffusers.data.shapesworld)")
+    evaluation.add_argument("--baseline-model", help="e.g. the untrained starting folder")
+    evaluation.add_argument("--steps", type=int, nargs="+", default=[20])
+    evaluation.add_argument("--schedulers", nargs="+", default=["default"])
+    evaluation.add_argument("--limit", type=int, help="only the first N clips")
+    evaluation.add_argument("--output", default="quality.json")
+    evaluation.set_defaults(run=_eval)
+
     info = commands.add_parser("info", help="what a model folder holds")
     info.add_argument("model", nargs="?", help="a UnityVideo pipeline or transformer folder (required)")
     info.add_argument("--config", help="YAML file of these options")
@@ -303,6 +313,17 @@ def _demo(args: argparse.Namespace) -> str:
         raise FileNotFoundError(f"--model {args.model} is neither a folder nor a Hub id (owner/name).")
     launch(args.model, args.device, args.dtype, args.host, args.port, args.share)
     return "Demo stopped."
+
+
+def _eval(args: argparse.Namespace) -> str:
+    from .data.evaluate import main as evaluate
+
+    argv = ["--model", args.model or _default_model(), "--data", args.data, "--output", args.output,
+            "--steps", *map(str, args.steps), "--schedulers", *args.schedulers]  # fmt: skip
+    argv += ["--baseline-model", args.baseline_model] if args.baseline_model else []
+    argv += ["--limit", str(args.limit)] if args.limit else []
+    evaluate(argv)
+    return f"Wrote {args.output}."
 
 
 def _push(args: argparse.Namespace) -> str:
