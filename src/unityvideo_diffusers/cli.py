@@ -109,11 +109,17 @@ def _job_settings(job: str, args: argparse.Namespace) -> dict:
     if job in ("control", "estimate", "restyle"):
         settings["frames"] = None  # as many as the given video has
         settings["guidance_scale"] = 1.0 if job == "estimate" else settings["guidance_scale"]
-    if args.config:
-        settings.update(_read_job_config(args.config, allowed))
-    settings.update({key: value for key, value in vars(args).items() if key in allowed and value is not None})
+    explicit = _read_job_config(args.config, allowed) if args.config else {}
+    explicit.update({key: value for key, value in vars(args).items() if key in allowed and value is not None})
+    settings.update(explicit)
     if settings.get("model") is None:
         settings["model"] = _default_model()
+    recipe = Path(settings["model"]) / "recipe.json"
+    if recipe.is_file():  # a model trained at another size (the demo model): its size is the default
+        world = json.loads(recipe.read_text()).get("world", {})
+        for key in ("height", "width", "frames"):
+            if key not in explicit and key in world and not (key == "frames" and settings.get("frames") is None):
+                settings[key] = world[key]
     required = {"generate": ["prompt"], "control": ["prompt", "modality"], "estimate": ["video", "modality"],
                 "restyle": ["video", "prompt"]}[job]  # fmt: skip
     missing = [name for name in required if not settings.get(name)]
