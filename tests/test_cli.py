@@ -206,3 +206,4 @@ def test_every_command_reads_a_config(model, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["convert", "--output", str(tmp_path / "x")])
     assert "missing --checkpoint (a flag or a --config key)" in capsys.readouterr().err
+
