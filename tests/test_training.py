@@ -156,17 +156,17 @@ def test_training_reduces_the_loss(world, tmp_path):
 def test_new_modality_trains_and_loads(world, tmp_path):
     data = world / "data"
     rows = list(csv.DictReader(open(data / "metadata.csv")))
-    with open(data / "albedo.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["video", "prompt", "albedo"])
+    with open(data / "reflectance.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["video", "prompt", "reflectance"])
         writer.writeheader()
-        writer.writerows({"video": r["video"], "prompt": r["prompt"], "albedo": r["depth"]} for r in rows[:4])
-    config = config_for(world, tmp_path / "albedo", dataset_path=str(data / "albedo.csv"), max_steps=3,
-                        new_modalities={"albedo": "albedo visualization."}, task="perception")  # fmt: skip
+        writer.writerows({"video": r["video"], "prompt": r["prompt"], "reflectance": r["depth"]} for r in rows[:4])
+    config = config_for(world, tmp_path / "reflectance", dataset_path=str(data / "reflectance.csv"), max_steps=3,
+                        new_modalities={"reflectance": "reflectance visualization."}, task="perception")  # fmt: skip
     export = train(config, progress=False)
     pipe = UnityVideoPipeline.from_pretrained(world / "model")
     load_trained_lora(pipe, export)
-    assert "albedo" in pipe.transformer.config.modalities
-    assert pipe.transformer.control_encoder.modality_embeddings["albedo"].abs().sum() > 0  # trained, not the zero init
+    assert "reflectance" in pipe.transformer.config.modalities
+    assert pipe.transformer.control_encoder.modality_embeddings["reflectance"].abs().sum() > 0  # trained, not the zero init
 
 
 # ---------------------------------------------------------------- exact resumption, even after SIGKILL
