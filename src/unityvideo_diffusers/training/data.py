@@ -102,10 +102,11 @@ class LatentCache:
                 except (OSError, ValueError) as error:
                     skipped[str(row.index)] = f"{type(error).__name__}: {error}"
                     continue
-                tensors = {}
-                for name, video in frames.items():
-                    pixels = pipe.video_processor.preprocess_video(video, height=height, width=width)
-                    tensors["rgb" if name == "rgb" else f"modality.{name}"] = pipe.encode_video(pixels, device)[0].cpu()
+                # every stream of a row in one VAE call: the causal VAE's per-chunk overhead dominates small videos
+                names = list(frames)
+                pixels = torch.cat([pipe.video_processor.preprocess_video(frames[n], height=height, width=width) for n in names])
+                latents = pipe.encode_video(pixels, device).cpu()
+                tensors = {"rgb" if n == "rgb" else f"modality.{n}": latent.clone() for n, latent in zip(names, latents)}
                 tensors["prompt_embeds"] = self._encode_trimmed(pipe, row.prompt, max_sequence_length, device)
                 _save_atomic(tensors, path)
             usable.append(row.index)
