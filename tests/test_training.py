@@ -127,7 +127,8 @@ def test_lora_run_trains_adapters_and_exports(world, tmp_path):
 def test_training_reduces_the_loss(world, tmp_path):
     """Full fine-tuning on 4 clips: the flow-matching loss on fixed (t, noise) falls."""
     config = config_for(world, tmp_path / "full", training_mode="full", max_steps=40, checkpoint_every=100,
-                        learning_rate=2e-3, prompt_dropout=0.0, task="joint", ema_decay=0.0)  # fmt: skip
+                        learning_rate=2e-3, prompt_dropout=0.0, task="joint", ema_decay=0.0, held_out_loss_every=15,
+                        held_out_dataset_path=str(world / "data" / "metadata.csv"))  # fmt: skip
 
     def fixed_loss(transformer):
         from unityvideo_diffusers.training.data import LatentCache, pad_tokens
@@ -151,6 +152,32 @@ def test_training_reduces_the_loss(world, tmp_path):
     before = fixed_loss(UnityVideoTransformer3DModel.from_pretrained(world / "model", subfolder="transformer").eval())
     after = fixed_loss(UnityVideoTransformer3DModel.from_pretrained(tmp_path / "full" / "final" / "transformer").eval())
     assert after < 0.8 * before, (before, after)
+
+    # the trainer's own held-out loss: before any update, every 15 updates and at the end, for each trained pair
+    held_out = [json.loads(line) for line in (tmp_path / "full" / "train_log.jsonl").read_text().splitlines()]
+    held_out = [record for record in held_out if "held_out" in record]
+    assert [record["step"] for record in held_out] == [0, 15, 30, 40]
+    assert all(set(record["held_out"]) == {"joint/depth", "joint/raft"} for record in held_out)
+    first, last = held_out[0]["held_out"]["joint/depth"], held_out[-1]["held_out"]["joint/depth"]
+    assert last < 0.8 * first, (first, last)
+
+
+def test_runs_share_a_latent_cache_that_fits(world, tmp_path, monkeypatch):
+    first = config_for(world, tmp_path / "first", max_steps=1, ema_decay=0.0)
+    train(first, progress=False)
+    from unityvideo_diffusers.training.data import LatentCache
+
+    def no_encoding(*args, **kwargs):
+        raise AssertionError("a fitting cache must not be encoded again")
+
+    monkeypatch.setattr(LatentCache, "build", no_encoding)
+    shared = str(tmp_path / "first" / "latent_cache")
+    train(config_for(world, tmp_path / "second", max_steps=1, ema_decay=0.0, latent_cache=shared), progress=False)
+    assert not (tmp_path / "second" / "latent_cache").exists()
+    with pytest.raises(ConfigError, match=r"encoded at frames x height x width \[9, 64, 64\], this run wants \[5, 64, 64\]"):
+        train(config_for(world, tmp_path / "third", max_steps=1, latent_cache=shared, num_frames=5), progress=False)
+    with pytest.raises(ConfigError, match="held_out_loss_every needs held_out_dataset_path"):
+        config_for(world, tmp_path / "x", held_out_loss_every=5)
 
 
 def test_new_modality_trains_and_loads(world, tmp_path):

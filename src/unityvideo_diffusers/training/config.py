@@ -59,6 +59,7 @@ class TrainConfig:
     optimizer: str = "adamw"  # "adamw" or "adamw8bit" (bitsandbytes)
     seed: int = 42
     max_sequence_length: int = 512
+    latent_cache: str = ""  # folder of the encoded data; empty: save_path/latent_cache. Runs on the same data can share one
 
     # bookkeeping
     checkpoint_every: int = 500
@@ -68,6 +69,8 @@ class TrainConfig:
     validation_every: int = 0  # every N steps, videos of validation_prompts (with the first trained modality); 0: none
     validation_prompts: list[str] = field(default_factory=list)
     validation_steps: int = 20  # sampling steps of the validation videos
+    held_out_dataset_path: str = ""  # a CSV of held-out rows (cached in save_path/held_out_cache)
+    held_out_loss_every: int = 0  # every N steps, the held-out loss of each trained task x modality; 0: none
 
     def __post_init__(self) -> None:
         self.validate()
@@ -130,6 +133,10 @@ class TrainConfig:
         need(self.validation_every >= 0, "validation_every must be >= 0")
         need(not self.validation_every or bool(self.validation_prompts), "validation_every needs validation_prompts")
         need(self.validation_steps >= 1, "validation_steps must be >= 1")
+        need(isinstance(self.held_out_loss_every, int) and self.held_out_loss_every >= 0, "held_out_loss_every must be >= 0")
+        need(not self.held_out_loss_every or bool(self.held_out_dataset_path), "held_out_loss_every needs held_out_dataset_path")
+        if self.held_out_dataset_path:
+            need(Path(self.held_out_dataset_path).is_file(), f"held_out_dataset_path {self.held_out_dataset_path} is not a file")
         if problems:
             raise ConfigError("Invalid training config:\n  - " + "\n  - ".join(problems))
 

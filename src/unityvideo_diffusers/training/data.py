@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..video_io import cover_crop, load_frames, sample_indices
+from .config import ConfigError, TrainConfig
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,8 @@ class LatentCache:
         for name in modalities:
             prompts[f"modality.{name}"] = pipe.encode_modality_prompt([name], max_sequence_length, device, torch.float32)[0].cpu()
         _save_atomic(prompts, self.folder / "prompts.safetensors")
-        index = {"usable": usable, "skipped": skipped, "modalities": modalities, "max_sequence_length": max_sequence_length}
+        index = {"usable": usable, "skipped": skipped, "modalities": modalities, "max_sequence_length": max_sequence_length,
+                 "video_shape": [num_frames, height, width]}  # fmt: skip
         temporary = self.index_path.with_suffix(".partial")
         temporary.write_text(json.dumps(index, indent=2))
         os.replace(temporary, self.index_path)
@@ -131,6 +133,21 @@ class LatentCache:
 
     def sample(self, index: int) -> dict[str, torch.Tensor]:
         return load_file(self.folder / f"{index:07d}.safetensors")
+
+
+def check_cache_fits(index: dict, index_path: Path, modalities: list[str], config: TrainConfig) -> None:
+    """A latent cache reused from another run must hold these modalities at this video size and prompt length."""
+    problems = []
+    if missing := [m for m in modalities if m not in index["modalities"]]:
+        problems.append(f"it has no latents for {missing} (it holds {index['modalities']})")
+    wanted = [config.num_frames, config.height, config.width]
+    if index.get("video_shape", wanted) != wanted:
+        problems.append(f"it was encoded at frames x height x width {index['video_shape']}, this run wants {wanted}")
+    if index["max_sequence_length"] != config.max_sequence_length:
+        problems.append(f"its prompts were cut at {index['max_sequence_length']} tokens, this run's at {config.max_sequence_length}")
+    if problems:
+        raise ConfigError(f"The latent cache {index_path.parent} does not fit this run: " + "; ".join(problems)
+                          + ". Give another `latent_cache` folder (or none, to encode into save_path).")  # fmt: skip
 
 
 def pad_tokens(embeds: torch.Tensor, length: int) -> torch.Tensor:

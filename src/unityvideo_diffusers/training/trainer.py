@@ -9,6 +9,7 @@ trainable weights, the optimizer, the EMA and the step, and is written to a temp
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -27,7 +28,7 @@ from ..modalities import known_modalities, modality_prompt, register_modality
 from ..models import UnityVideoTransformer3DModel
 from ..tasks import resolve_task
 from .config import ConfigError, TrainConfig
-from .data import LatentCache, modality_columns, pad_tokens, read_metadata
+from .data import LatentCache, check_cache_fits, modality_columns, pad_tokens, read_metadata
 from .recipe import lr_factor, noise_streams, sample_timesteps, stream_losses
 
 logger = logging.getLogger(__name__)
@@ -144,6 +145,7 @@ def train(config: TrainConfig, extra_loss: Callable | None = None, progress: boo
     term to the loss (e.g. a perceptual loss on decoded frames); off by default, as in the authors' recipe.
     """
     save_path = Path(config.save_path)
+    save_path.mkdir(parents=True, exist_ok=True)
     rows_in_csv = modality_columns(config.dataset_path)
     accelerator = Accelerator(
         gradient_accumulation_steps=config.gradient_accumulation_steps,
@@ -177,19 +179,15 @@ def train(config: TrainConfig, extra_loss: Callable | None = None, progress: boo
         )
 
     # 2. Data: encode once (main process), then every rank reads the cache
-    cache = LatentCache(save_path / "latent_cache")
+    cache = LatentCache(config.latent_cache or save_path / "latent_cache")
     rows = read_metadata(config.dataset_path, modalities)
-    if accelerator.is_main_process and not cache.is_complete():
-        from ..pipelines import UnityVideoPipeline
-
-        pipe = UnityVideoPipeline.from_pretrained(config.model_path, transformer=transformer)
-        pipe.set_progress_bar_config(disable=True)
-        with torch.no_grad():
-            cache.build(rows, pipe, modalities, config.num_frames, config.height, config.width,
-                        config.max_sequence_length, progress)  # fmt: skip
-        del pipe
+    held_out = LatentCache(save_path / "held_out_cache") if config.held_out_loss_every else None
+    held_out_rows = read_metadata(config.held_out_dataset_path, modalities) if held_out else []
+    if accelerator.is_main_process:
+        _encode_once([(cache, rows), (held_out, held_out_rows)], transformer, modalities, config, progress)
     accelerator.wait_for_everyone()
     index, prompts = cache.load()
+    check_cache_fits(index, cache.index_path, modalities, config)
     usable = set(index["usable"])
     rows_with = {m: [r.index for r in rows if r.index in usable and m in r.modalities] for m in modalities}
     rows_with = {m: indices for m, indices in rows_with.items() if indices}
@@ -247,6 +245,16 @@ def train(config: TrainConfig, extra_loss: Callable | None = None, progress: boo
     log = (save_path / "train_log.jsonl").open("a") if accelerator.is_main_process else None
     if accelerator.is_main_process:
         (save_path / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2))
+    held_out_batches = _held_out_batches(held_out, held_out_rows, modalities, config, accelerator.device) if held_out else {}
+
+    def log_held_out() -> None:  # "step": optimizer updates done
+        if accelerator.is_main_process:
+            losses = held_out_losses(accelerator.unwrap_model(transformer), held_out_batches)
+            log.write(json.dumps({"step": progress_state.step, "held_out": losses}) + "\n")
+            log.flush()
+
+    if held_out_batches and progress_state.step == 0:
+        log_held_out()
     bar = tqdm(total=total_steps, initial=progress_state.step, desc="training", disable=not (progress and accelerator.is_main_process))
     device = accelerator.device
     started = time.perf_counter()
@@ -289,6 +297,8 @@ def train(config: TrainConfig, extra_loss: Callable | None = None, progress: boo
             log.flush()
         bar.update()
         bar.set_postfix(loss=f"{float(losses['loss'].detach()):.4f}", task=task.name, modality=modality)
+        if held_out_batches and (progress_state.step % config.held_out_loss_every == 0 or progress_state.step == total_steps):
+            log_held_out()
         if progress_state.step % config.checkpoint_every == 0 and progress_state.step < total_steps:
             _save_checkpoint(accelerator, save_path, progress_state.step, config.keep_last_checkpoints)
         if config.validation_every and progress_state.step % config.validation_every == 0 and accelerator.is_main_process:
@@ -317,6 +327,73 @@ def train(config: TrainConfig, extra_loss: Callable | None = None, progress: boo
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return export
+
+
+def _encode_once(caches: list[tuple[LatentCache | None, list]], transformer, modalities: list[str], config: TrainConfig,
+                 progress: bool) -> None:  # fmt: skip
+    """Build each incomplete cache with the VAE and text encoder of `config.model_path`, loaded once."""
+    pending = [(cache, rows) for cache, rows in caches if cache is not None and not cache.is_complete()]
+    if not pending:
+        return
+    from ..pipelines import UnityVideoPipeline
+
+    pipe = UnityVideoPipeline.from_pretrained(config.model_path, transformer=transformer)
+    pipe.set_progress_bar_config(disable=True)
+    with torch.no_grad():
+        for cache, rows in pending:
+            cache.build(rows, pipe, modalities, config.num_frames, config.height, config.width,
+                        config.max_sequence_length, progress)  # fmt: skip
+
+
+HELD_OUT_TIMES = (0.1, 0.3, 0.5, 0.7, 0.9)
+
+
+def _held_out_batches(cache: LatentCache, rows: list, modalities: list[str], config: TrainConfig, device) -> dict:
+    """{(task, modality): [(batch, [(t, streams) per time]) per `batch_size` rows]} for every trained task x
+    modality, noised once with a fixed seed so that every evaluation sees the same inputs (no prompt dropout)."""
+    index, prompts = cache.load()
+    tasks = [config.task] if config.task != "multi" else [t for t, w in config.task_weights.items() if w > 0]
+    unbiased = dataclasses.replace(config, prompt_dropout=0.0)
+    usable = set(index["usable"])
+    batches = {}
+    for task in map(resolve_task, tasks):
+        for modality in modalities:
+            with_modality = [row.index for row in rows if row.index in usable and modality in row.modalities]
+            generator = torch.Generator().manual_seed(config.seed)
+            chunks = []
+            for start in range(0, len(with_modality), config.batch_size):
+                chunk = with_modality[start : start + config.batch_size]
+                batch = _collate(cache, prompts, chunk, modality, unbiased, generator, device)
+                times = [torch.full((len(batch["rgb"]),), t) for t in HELD_OUT_TIMES]
+                chunks.append((batch, [(t, noise_streams(task, batch["rgb"], batch["modality"], t, generator)) for t in times]))
+            if chunks:
+                batches[(task, modality)] = chunks
+    return batches
+
+
+@torch.no_grad()
+def held_out_losses(transformer, batches: dict) -> dict[str, float]:
+    """Mean velocity MSE over rows and HELD_OUT_TIMES for each "task/modality": the training loss, on held-out rows."""
+    was_training = transformer.training
+    transformer.eval()
+    device = next(transformer.parameters()).device
+    losses = {}
+    for (task, modality), chunks in batches.items():
+        values = []
+        for batch, noised in chunks:
+            for t, streams in noised:
+                prediction = transformer(
+                    hidden_states=streams.rgb.to(device), timestep=(t * 1000).to(device),
+                    encoder_hidden_states=batch["prompt_embeds"], modality_hidden_states=streams.modality.to(device),
+                    modality_encoder_hidden_states=batch["modality_prompt_embeds"], modality=modality, task=task.name,
+                    return_dict=False,
+                )  # fmt: skip
+                targets = {k: None if v is None else v.to(device) for k, v in
+                           (("rgb_target", streams.rgb_target), ("modality_target", streams.modality_target))}  # fmt: skip
+                values.append((float(stream_losses(prediction, dataclasses.replace(streams, **targets))["loss"]), len(t)))
+        losses[f"{task.name}/{modality}"] = sum(v * n for v, n in values) / sum(n for _, n in values)
+    transformer.train(was_training)
+    return losses
 
 
 def _collate(cache: LatentCache, prompts: dict, rows: list[int], modality: str, config: TrainConfig,
