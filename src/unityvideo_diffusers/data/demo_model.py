@@ -157,6 +157,19 @@ def time_training_step(transformer, batch_size: int, frames: int, size: int) -> 
     return sorted(times[1:])[1] * 1.15  # + the optimizer step and data
 
 
+def train_config(work: Path, save_path: Path, steps: int, **overrides):
+    """The transformer's training run of the recipe: full fine-tuning of `work`/initial on the world's training split
+    with the multi-task recipe (`overrides` change it, e.g. for the single-task comparison)."""
+    from ..training import TrainConfig
+
+    values = dict(model_path=str(work / "initial"), dataset_path=str(work / "shapesworld" / "train" / "metadata.csv"),
+                  save_path=str(save_path), training_mode="full", max_steps=steps, num_frames=17, height=64, width=64,
+                  batch_size=4, learning_rate=5e-4, lr_warmup_steps=min(200, steps // 10), lr_min_ratio=0.1,
+                  gradient_checkpointing=False, checkpoint_every=max(100, steps // 10), ema_decay=0.999, ema_every=1,
+                  new_modalities=NEW_MODALITIES, log_every=25)  # fmt: skip
+    return TrainConfig(**{**values, **overrides})
+
+
 def build(output: str | Path, minutes: float = 90.0, vae_share: float = 0.3, train_clips: int = 400, eval_clips: int = 40,
           seed: int = 0, work: str | Path | None = None, log=print) -> Path:  # fmt: skip
     """Run the whole recipe; returns the demo pipeline folder."""
@@ -165,7 +178,7 @@ def build(output: str | Path, minutes: float = 90.0, vae_share: float = 0.3, tra
 
     from ..models import UnityVideoTransformer3DModel
     from ..pipelines import UnityVideoPipeline
-    from ..training import TrainConfig, train
+    from ..training import train
 
     started = time.perf_counter()
     budget = minutes * 60
@@ -211,11 +224,7 @@ def build(output: str | Path, minutes: float = 90.0, vae_share: float = 0.3, tra
     log(f"transformer: about {seconds_per_step:.3f} s/step; training {steps} steps")
 
     run = work / "run"
-    config = TrainConfig(model_path=str(initial), dataset_path=str(csv_path), save_path=str(run), training_mode="full",
-                         max_steps=steps, num_frames=17, height=64, width=64, batch_size=4, learning_rate=5e-4,
-                         lr_warmup_steps=min(200, steps // 10), lr_min_ratio=0.1, gradient_checkpointing=False,
-                         checkpoint_every=max(100, steps // 10), ema_decay=0.999, ema_every=1,
-                         new_modalities=NEW_MODALITIES, log_every=25)  # fmt: skip
+    config = train_config(work, run, steps)
     export = train(config, progress=True)
 
     pipe = UnityVideoPipeline.from_pretrained(initial)

@@ -122,10 +122,16 @@ def _array(frames) -> np.ndarray:
     return np.asarray(frames, dtype=np.float64)
 
 
+JOBS = ("perception", "control", "text2video")
+
+
 @torch.no_grad()
 def evaluate(model: str | Path, data: str | Path, steps: int = 20, scheduler: str = "default", limit: int | None = None,
-             seed: int = 0) -> dict:  # fmt: skip
-    """Every metric of the module docstring for one model, sampler and step count."""
+             seed: int = 0, jobs: tuple[str, ...] = JOBS) -> dict:  # fmt: skip
+    """Every metric of the module docstring for one model, sampler and step count (of `jobs` only; text2video
+    includes the joint RGB-modality agreement)."""
+    if unknown := set(jobs) - set(JOBS):
+        raise ValueError(f"Unknown jobs {sorted(unknown)}; choose from {JOBS}.")
     from ..jobs import make_scheduler
     from ..pipelines import UnityVideoControlPipeline, UnityVideoPerceptionPipeline, UnityVideoPipeline
     data = Path(data)
@@ -149,17 +155,19 @@ def evaluate(model: str | Path, data: str | Path, steps: int = 20, scheduler: st
         def estimate(modality: str) -> np.ndarray:
             return _array(perception(video=rgb, modality=modality, generator=generator(), **common).modality_frames[0])
 
-        for name, value in depth_metrics(decode_depth(estimate("depth")), truth["depth"]).items():
-            add(f"perception/depth_{name}", value)
-        add("perception/flow_epe", flow_epe(decode_flow(estimate("raft")), truth["flow"]))
-        add("perception/segmentation_iou", foreground_iou(decode_segmentation(estimate("segmentation")) > 0, truth["labels"] > 0))
-        add("perception/normal_degrees", normal_error_degrees(estimate("normal"), truth["normal"]))
+        if "perception" in jobs:
+            for name, value in depth_metrics(decode_depth(estimate("depth")), truth["depth"]).items():
+                add(f"perception/depth_{name}", value)
+            add("perception/flow_epe", flow_epe(decode_flow(estimate("raft")), truth["flow"]))
+            add("perception/segmentation_iou", foreground_iou(decode_segmentation(estimate("segmentation")) > 0, truth["labels"] > 0))
+            add("perception/normal_degrees", normal_error_degrees(estimate("normal"), truth["normal"]))
 
-        controlled = _array(control(scene_prompt(scene), control_video=load_frames(clip / "segmentation"),
-                                    modality="segmentation", generator=generator(), guidance_scale=3.0, **common).frames[0])  # fmt: skip
-        add("control/segmentation_iou", foreground_iou(object_mask(controlled, scene["background"]), truth["labels"] > 0))
+        if "control" in jobs:
+            controlled = _array(control(scene_prompt(scene), control_video=load_frames(clip / "segmentation"),
+                                        modality="segmentation", generator=generator(), guidance_scale=3.0, **common).frames[0])  # fmt: skip
+            add("control/segmentation_iou", foreground_iou(object_mask(controlled, scene["background"]), truth["labels"] > 0))
 
-        if len(scene["objects"]) == 1:
+        if "text2video" in jobs and len(scene["objects"]) == 1:
             joint = pipe(scene_prompt(scene), modality="segmentation", num_frames=17, generator=generator(),
                          guidance_scale=3.0, **common)  # fmt: skip
             frames = _array(joint.frames[0])
