@@ -115,11 +115,13 @@ def _job_settings(job: str, args: argparse.Namespace) -> dict:
     if settings.get("model") is None:
         settings["model"] = _default_model()
     recipe = Path(settings["model"]) / "recipe.json"
-    if recipe.is_file():  # a model trained at another size (the demo model): its size is the default
-        world = json.loads(recipe.read_text()).get("world", {})
-        for key in ("height", "width", "frames"):
-            if key not in explicit and key in world and not (key == "frames" and settings.get("frames") is None):
-                settings[key] = world[key]
+    if recipe.is_file():  # a model trained at another size (the demo model): its size and sampling are the defaults
+        recipe = json.loads(recipe.read_text())
+        preferred = {**recipe.get("world", {}), **recipe.get("sampling", {})}
+        for key in ("height", "width", "frames", "steps", "guidance_scale"):
+            fixed_by_job = (key == "frames" and settings.get("frames") is None) or (key == "guidance_scale" and job == "estimate")
+            if key not in explicit and key in preferred and not fixed_by_job:
+                settings[key] = preferred[key]
     required = {"generate": ["prompt"], "control": ["prompt", "modality"], "estimate": ["video", "modality"],
                 "restyle": ["video", "prompt"]}[job]  # fmt: skip
     missing = [name for name in required if not settings.get(name)]

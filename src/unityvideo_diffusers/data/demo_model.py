@@ -1,6 +1,6 @@
 """The demo model: a small UnityVideo trained only on ShapesWorld, with this project's own code, by one command.
 
-    python -m unityvideo_diffusers.data.demo_model --output models/shapesworld-demo --minutes 90
+    python -m unityvideo_diffusers.data.demo_model --output models/shapesworld-demo
 
 1. ShapesWorld data (17 frames at 64 x 64; the held-out colour x shape pairs stay out of training).
 2. A byte-level BPE tokenizer fitted to the world's prompts, and a small UMT5 text encoder left at its seeded random
@@ -40,6 +40,7 @@ TRANSFORMER = dict(num_attention_heads=4, attention_head_dim=24, num_layers=4, f
 VAE = dict(base_dim=16, z_dim=16, dim_mult=[1, 2, 2], num_res_blocks=1, temperal_downsample=[True, True], is_residual=True,
            in_channels=12, out_channels=12, patch_size=2, scale_factor_spatial=8, scale_factor_temporal=4)  # fmt: skip
 STREAMS = ("rgb", *MODALITY_COLUMNS)
+SAMPLING = {"steps": 20, "guidance_scale": 5.0}  # the CLI's defaults for this model, chosen with `unityvideo eval`
 
 
 def fit_tokenizer(prompts: list[str]):
@@ -170,7 +171,7 @@ def train_config(work: Path, save_path: Path, steps: int, **overrides):
     return TrainConfig(**{**values, **overrides})
 
 
-def build(output: str | Path, minutes: float = 90.0, vae_share: float = 0.3, train_clips: int = 400, eval_clips: int = 40,
+def build(output: str | Path, minutes: float = 75.0, vae_share: float = 0.4, train_clips: int = 400, eval_clips: int = 40,
           seed: int = 0, work: str | Path | None = None, log=print) -> Path:  # fmt: skip
     """Run the whole recipe; returns the demo pipeline folder."""
     from diffusers import UniPCMultistepScheduler
@@ -235,6 +236,7 @@ def build(output: str | Path, minutes: float = 90.0, vae_share: float = 0.3, tra
     (output / "recipe.json").write_text(json.dumps({
         "minutes": minutes, "vae_steps": vae_steps, "vae_psnr_db": vae_psnr, "transformer_steps": steps, "seed": seed, "train_clips": train_clips,
         "seconds": round(time.perf_counter() - started), "world": {"height": 64, "width": 64, "frames": 17},
+        "sampling": SAMPLING,
         "exported_from": str(export),
     }, indent=2))  # fmt: skip
     size = sum(p.stat().st_size for p in output.rglob("*") if p.is_file())
@@ -245,8 +247,8 @@ def build(output: str | Path, minutes: float = 90.0, vae_share: float = 0.3, tra
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", required=True)
-    parser.add_argument("--minutes", type=float, default=90.0)
-    parser.add_argument("--vae-share", type=float, default=0.3)
+    parser.add_argument("--minutes", type=float, default=75.0)
+    parser.add_argument("--vae-share", type=float, default=0.4)
     parser.add_argument("--train-clips", type=int, default=400)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
