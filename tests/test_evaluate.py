@@ -8,6 +8,7 @@ from unityvideo_diffusers.data.evaluate import (
     depth_metrics,
     flow_epe,
     foreground_iou,
+    layering_accuracy,
     normal_error_degrees,
     object_mask,
     read_object,
@@ -51,3 +52,18 @@ def test_trivial_baselines(tmp_path):
     scores = trivial_baselines(tmp_path / "eval")
     assert scores["perception/segmentation_iou"] == 0.0 and scores["perception/flow_epe"] >= 0
     assert 0 < scores["perception/depth_abs_rel"] < 1 and scores["text2video/colour_accuracy"] == 1 / 7
+
+
+def test_layering_accuracy_is_high_on_the_truth_and_chance_when_objects_swap():
+    config = WorldConfig(height=64, width=64, frames=9, min_objects=2, max_objects=3)
+    rng = np.random.default_rng(2)
+    exact, swapped = [], []
+    while len(exact) < 10:
+        scene = sample_scene(rng, config, "train")
+        colours = [obj.colour for obj in scene.objects]
+        if len(set(colours)) < len(colours):
+            continue
+        truth = render(scene, config)
+        exact.append(layering_accuracy(truth["rgb"], truth["labels"], colours))
+        swapped.append(layering_accuracy(truth["rgb"], truth["labels"], colours[1:] + colours[:1]))
+    assert np.mean(exact) > 0.95 and np.mean(swapped) < 0.2, (np.mean(exact), np.mean(swapped))

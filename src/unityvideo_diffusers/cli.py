@@ -301,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--steps", type=int, nargs="+", default=[20])
     evaluation.add_argument("--schedulers", nargs="+", default=["default"])
     evaluation.add_argument("--limit", type=int, help="only the first N clips")
+    evaluation.add_argument("--guidance-scale", type=float, default=3.0, help="for control and text -> video")
     evaluation.add_argument("--output", default="quality.json")
     evaluation.set_defaults(run=_eval)
 
@@ -327,7 +328,7 @@ def _eval(args: argparse.Namespace) -> str:
     from .data.evaluate import main as evaluate
 
     argv = ["--model", args.model or _default_model(), "--data", args.data, "--output", args.output,
-            "--steps", *map(str, args.steps), "--schedulers", *args.schedulers]  # fmt: skip
+            "--steps", *map(str, args.steps), "--schedulers", *args.schedulers, "--guidance-scale", str(args.guidance_scale)]  # fmt: skip
     argv += ["--baseline-model", args.baseline_model] if args.baseline_model else []
     argv += ["--limit", str(args.limit)] if args.limit else []
     evaluate(argv)

@@ -226,10 +226,11 @@ def build(output: str | Path, minutes: float = 75.0, vae_share: float = 0.4, tra
 
     run = work / "run"
     config = train_config(work, run, steps)
-    export = train(config, progress=True)
+    train(config, progress=True)
 
+    exported = run / "final_ema"
     pipe = UnityVideoPipeline.from_pretrained(initial)
-    pipe.transformer = UnityVideoTransformer3DModel.from_pretrained(run / "final_ema" / "transformer")
+    pipe.transformer = UnityVideoTransformer3DModel.from_pretrained(exported / "transformer")
     if output.exists():
         shutil.rmtree(output)
     pipe.save_pretrained(output)
@@ -237,7 +238,7 @@ def build(output: str | Path, minutes: float = 75.0, vae_share: float = 0.4, tra
         "minutes": minutes, "vae_steps": vae_steps, "vae_psnr_db": vae_psnr, "transformer_steps": steps, "seed": seed, "train_clips": train_clips,
         "seconds": round(time.perf_counter() - started), "world": {"height": 64, "width": 64, "frames": 17},
         "sampling": SAMPLING,
-        "exported_from": str(export),
+        "exported_from": str(exported.relative_to(work)),
     }, indent=2))  # fmt: skip
     size = sum(p.stat().st_size for p in output.rglob("*") if p.is_file())
     log(f"demo model: {output} ({size / 2**20:.1f} MiB, {(time.perf_counter() - started) / 60:.1f} min)")

@@ -4,10 +4,13 @@
 
 - perception: depth AbsRel and delta < 1.25 after per-video scale-and-shift alignment (on disparity), optical-flow
   end-point error (after per-video scale alignment, in pixels), segmentation foreground IoU, normal angular error;
-- control: IoU between the objects of the video generated from a segmentation control and the control's objects;
+- control: IoU between the objects of the video generated from a segmentation (or depth) control and the control's
+  objects; depth layering: with a depth control, the share of object pixels painted in the colour of the object the
+  depth puts there (the nearer one where objects overlap);
 - text -> video (one-object prompts): colour, shape and motion direction recovered from the generated frames;
 - joint generation: IoU between the objects of the generated RGB video and of its generated segmentation.
-Baselines: trivial predictors (constant depth, zero flow, no foreground, normals facing the camera).
+Baselines: trivial predictors (constant depth, zero flow, no foreground, normals facing the camera, a random object
+colour per pixel, a random colour, shape and motion).
 """
 
 from __future__ import annotations
@@ -75,18 +78,28 @@ def object_mask(frames: np.ndarray, background: str) -> np.ndarray:
     return distance > 0.15
 
 
+def nearest_colour(pixels: np.ndarray, colours: list[str]) -> np.ndarray:
+    """Index into `colours` of each pixel's closest colour; shading darkens, so brightness-normalised colours compare."""
+    palette = np.array([COLOURS[name] for name in colours])
+    normalised = pixels / np.maximum(pixels.max(-1, keepdims=True), 1e-3)
+    palette = palette / palette.max(-1, keepdims=True)
+    return np.argmin(np.linalg.norm(normalised[..., None, :] - palette, axis=-1), axis=-1)
+
+
+def layering_accuracy(frames: np.ndarray, labels: np.ndarray, colours: list[str]) -> float:
+    """Of the pixels where the truth shows an object, the share whose generated colour is that object's (and not
+    another object's): each object drawn where the control puts it, the nearer one in front where they overlap."""
+    visible = labels > 0
+    return float(np.mean(nearest_colour(frames[visible], colours) == labels[visible] - 1))
+
+
 def read_object(frames: np.ndarray, background: str) -> dict:
     """Colour, shape and motion of the (single) object in generated frames."""
     mask = object_mask(frames, background)
     if mask.sum() < 10:
         return {"colour": None, "shape": None, "motion": None}
-    pixels = frames[mask]
-    # shading darkens: compare chromaticity and brightness-normalised colours
-    palette = np.array(list(COLOURS.values()))
-    normalised = pixels / np.maximum(pixels.max(-1, keepdims=True), 1e-3)
-    palette_normalised = palette / palette.max(-1, keepdims=True)
-    votes = np.argmin(np.linalg.norm(normalised[:, None] - palette_normalised[None], axis=-1), axis=1)
-    colour = list(COLOURS)[int(np.bincount(votes, minlength=len(palette)).argmax())]
+    votes = nearest_colour(frames[mask], list(COLOURS))
+    colour = list(COLOURS)[int(np.bincount(votes, minlength=len(COLOURS)).argmax())]
     fills, centres, areas = [], [], []
     for frame_mask in mask:
         ys, xs = np.nonzero(frame_mask)
@@ -127,9 +140,10 @@ JOBS = ("perception", "control", "text2video")
 
 @torch.no_grad()
 def evaluate(model: str | Path, data: str | Path, steps: int = 20, scheduler: str = "default", limit: int | None = None,
-             seed: int = 0, jobs: tuple[str, ...] = JOBS) -> dict:  # fmt: skip
+             seed: int = 0, jobs: tuple[str, ...] = JOBS, guidance_scale: float = 3.0) -> dict:  # fmt: skip
     """Every metric of the module docstring for one model, sampler and step count (of `jobs` only; text2video
-    includes the joint RGB-modality agreement)."""
+    includes the joint RGB-modality agreement). `guidance_scale` applies to the text-conditioned jobs (control and
+    text2video); estimation runs without guidance."""
     if unknown := set(jobs) - set(JOBS):
         raise ValueError(f"Unknown jobs {sorted(unknown)}; choose from {JOBS}.")
     from ..jobs import make_scheduler
@@ -163,13 +177,17 @@ def evaluate(model: str | Path, data: str | Path, steps: int = 20, scheduler: st
             add("perception/normal_degrees", normal_error_degrees(estimate("normal"), truth["normal"]))
 
         if "control" in jobs:
-            controlled = _array(control(scene_prompt(scene), control_video=load_frames(clip / "segmentation"),
-                                        modality="segmentation", generator=generator(), guidance_scale=3.0, **common).frames[0])  # fmt: skip
-            add("control/segmentation_iou", foreground_iou(object_mask(controlled, scene["background"]), truth["labels"] > 0))
+            controlled = {modality: _array(control(scene_prompt(scene), control_video=load_frames(clip / modality),
+                                                   modality=modality, generator=generator(), guidance_scale=guidance_scale, **common).frames[0])
+                          for modality in ("segmentation", "depth")}  # fmt: skip
+            for modality, frames in controlled.items():
+                add(f"control/{modality}_iou", foreground_iou(object_mask(frames, scene["background"]), truth["labels"] > 0))
+            if len(colours := _distinct_colours(scene)) > 1:
+                add("control/depth_layering_accuracy", layering_accuracy(controlled["depth"], truth["labels"], colours))
 
         if "text2video" in jobs and len(scene["objects"]) == 1:
             joint = pipe(scene_prompt(scene), modality="segmentation", num_frames=17, generator=generator(),
-                         guidance_scale=3.0, **common)  # fmt: skip
+                         guidance_scale=guidance_scale, **common)  # fmt: skip
             frames = _array(joint.frames[0])
             read = read_object(frames, scene["background"])
             target = scene["objects"][0]
@@ -181,6 +199,12 @@ def evaluate(model: str | Path, data: str | Path, steps: int = 20, scheduler: st
     return {name: float(np.mean(values)) for name, values in sorted(scores.items())}
 
 
+def _distinct_colours(scene: dict) -> list[str]:
+    """The objects' colours, or [] when two objects share one (then colour cannot tell them apart)."""
+    colours = [obj["colour"] for obj in scene["objects"]]
+    return colours if len(set(colours)) == len(colours) else []
+
+
 def scene_prompt(scene: dict) -> str:
     from .shapesworld import Scene, SceneObject
 
@@ -188,7 +212,8 @@ def scene_prompt(scene: dict) -> str:
 
 
 def trivial_baselines(data: str | Path, limit: int | None = None) -> dict:
-    """What knowing nothing scores: constant depth, zero flow, no foreground, every normal facing the camera."""
+    """What knowing nothing scores: constant depth, zero flow, no foreground, every normal facing the camera; chance
+    for the layering and the prompt's colour, shape and motion."""
     scores: dict[str, list[float]] = {}
     for clip in _clips(Path(data), limit):
         truth = np.load(clip / "gt.npz")
@@ -201,6 +226,9 @@ def trivial_baselines(data: str | Path, limit: int | None = None) -> dict:
         scores.setdefault("perception/segmentation_iou", []).append(foreground_iou(np.zeros_like(truth["labels"], bool), truth["labels"] > 0))
         facing = np.broadcast_to(np.array([0.5, 0.5, 1.0]), truth["normal"].shape)
         scores.setdefault("perception/normal_degrees", []).append(normal_error_degrees(facing, truth["normal"]))
+        scene = json.loads((clip / "scene.json").read_text())
+        if len(colours := _distinct_colours(scene)) > 1:
+            scores.setdefault("control/depth_layering_accuracy", []).append(1 / len(colours))
     scores["text2video/colour_accuracy"] = [1 / len(COLOURS)]
     scores["text2video/shape_accuracy"] = [1 / len(SHAPES)]
     scores["text2video/motion_accuracy"] = [1 / len(MOTION_AXES)]
@@ -215,14 +243,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, nargs="+", default=[20])
     parser.add_argument("--schedulers", nargs="+", default=["default"])
     parser.add_argument("--limit", type=int, help="evaluate only the first N clips")
+    parser.add_argument("--guidance-scale", type=float, default=3.0, help="for control and text -> video")
     parser.add_argument("--output", default="quality.json")
     args = parser.parse_args(argv)
     results = {"trivial": trivial_baselines(args.data, args.limit)}
     for scheduler in args.schedulers:
         for steps in args.steps:
-            results[f"model/{scheduler}/{steps}"] = evaluate(args.model, args.data, steps, scheduler, args.limit)
+            results[f"model/{scheduler}/{steps}"] = evaluate(args.model, args.data, steps, scheduler, args.limit, guidance_scale=args.guidance_scale)
     if args.baseline_model:
-        results["untrained"] = evaluate(args.baseline_model, args.data, args.steps[0], args.schedulers[0], args.limit)
+        results["untrained"] = evaluate(args.baseline_model, args.data, args.steps[0], args.schedulers[0], args.limit,
+                                       guidance_scale=args.guidance_scale)
     Path(args.output).write_text(json.dumps(results, indent=2))
     names = sorted({name for scores in results.values() for name in scores})
     print(f"{'metric':<32}" + "".join(f"{column:>22}" for column in results))
