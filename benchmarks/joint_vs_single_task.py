@@ -6,10 +6,11 @@ Two transformer runs from the demo recipe's untrained starting point (`--work` i
 `initial/` pipeline, ShapesWorld splits and latent cache), with the recipe's batch, learning rate, schedule and seed:
 - joint: the multi-task recipe, every task (joint generation, control, estimation) x every ShapesWorld modality;
 - single: depth estimation only (the perception task, depth).
-Same number of optimizer steps, so the single run sees 1 / (tasks x modalities) as many other samples and about
-15x as many depth-estimation samples. Reported:
+Same number of optimizer steps, so the single run sees no other samples and 20x as many depth-estimation samples (the
+joint run draws perception with weight 0.25, then one of 5 modalities). Reported:
 - convergence: the held-out depth-estimation loss (velocity MSE at fixed t and noise, logged by the trainer) over
-  the steps, for both runs;
+  the steps, for both runs, beside the depth-estimation batches each run has seen by then (expected counts): per
+  step the comparison is one of compute, per depth batch one of data;
 - final quality: depth AbsRel and delta1 of the perception pipeline (EMA weights) on held-out clips.
 Writes JSON and prints a table.
 """
@@ -43,6 +44,18 @@ def held_out_subset(eval_csv: Path, rows: int, output: Path) -> Path:
     return output
 
 
+def depth_estimation_share(config, csv_path: Path) -> float:
+    """Expected share of a run's batches that train depth estimation, from its task and modality weights."""
+    if config.task == "multi":
+        task_share = config.task_weights.get("perception", 0.0) / sum(config.task_weights.values())
+    else:
+        task_share = float(config.task == "perception")
+    with open(csv_path, newline="") as handle:
+        modalities = config.modalities or [c for c in next(csv.reader(handle)) if c not in ("video", "prompt")]
+    weights = config.modality_weights or dict.fromkeys(modalities, 1.0)
+    return task_share * weights.get("depth", 0.0) / sum(weights.get(m, 0.0) for m in modalities)
+
+
 def depth_curve(log_path: Path) -> list[tuple[int, float]]:
     records = [json.loads(line) for line in log_path.read_text().splitlines()]
     return [(r["step"], r["held_out"]["perception/depth"]) for r in records if "held_out" in r]
@@ -74,18 +87,20 @@ def main() -> None:
                               held_out_dataset_path=str(held_out), held_out_loss_every=max(1, args.steps // 10),
                               checkpoint_every=args.steps, **overrides)  # fmt: skip
         train(config, progress=True)
+        share = depth_estimation_share(config, Path(config.dataset_path))
         pipe = UnityVideoPipeline.from_pretrained(work / "initial")
         pipe.transformer = UnityVideoTransformer3DModel.from_pretrained(save / "final_ema" / "transformer")
         pipe.save_pretrained(save / "pipeline")
         metrics = evaluate(save / "pipeline", work / "shapesworld" / "eval", limit=args.eval_clips, jobs=("perception",))
-        results[name] = {"held_out_depth_loss": depth_curve(save / "train_log.jsonl"),
+        results[name] = {"held_out_depth_loss": depth_curve(save / "train_log.jsonl"), "depth_batch_share": share,
                          "depth_abs_rel": metrics["perception/depth_abs_rel"], "depth_delta1": metrics["perception/depth_delta1"]}  # fmt: skip
     Path(args.output).write_text(json.dumps(results, indent=2))
 
-    print(f"held-out depth-estimation loss after N steps ({args.steps} in all)")
-    print(f"{'step':>6} {'joint':>8} {'single':>8}")
+    joint_share, single_share = results["joint"]["depth_batch_share"], results["single"]["depth_batch_share"]
+    print(f"held-out depth-estimation loss after N steps ({args.steps} in all), and the depth batches seen by then")
+    print(f"{'step':>6} {'joint':>8} {'batches':>8} {'single':>8} {'batches':>8}")
     for (step, joint), (_, single) in zip(results["joint"]["held_out_depth_loss"], results["single"]["held_out_depth_loss"]):
-        print(f"{step:>6} {joint:>8.4f} {single:>8.4f}")
+        print(f"{step:>6} {joint:>8.4f} {step * joint_share:>8.0f} {single:>8.4f} {step * single_share:>8.0f}")
     for metric in ("depth_abs_rel", "depth_delta1"):
         print(f"{metric:<14} joint {results['joint'][metric]:.3f}   single {results['single'][metric]:.3f}")
     print(f"wrote {args.output}")

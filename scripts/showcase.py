@@ -38,32 +38,38 @@ def main() -> None:
     from unityvideo_diffusers import DEMO_MODEL, UnityVideoControlPipeline, UnityVideoPerceptionPipeline, UnityVideoPipeline
     from unityvideo_diffusers.data.evaluate import scene_prompt
     from unityvideo_diffusers.data.shapesworld import WorldConfig, write_split
+    from unityvideo_diffusers.jobs import recipe_defaults
     from unityvideo_diffusers.video_io import load_frames, save_video
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=str(DEMO_MODEL))
     parser.add_argument("--output", default="docs/assets/demo.gif")
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, help="default: the model's recipe.json, else 20")
+    parser.add_argument("--guidance-scale", type=float, help="for the text-conditioned rows; default as --steps, else 5")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    sampling = recipe_defaults(args.model)
+    steps = sampling.get("steps", 20) if args.steps is None else args.steps
+    guidance = sampling.get("guidance_scale", 5.0) if args.guidance_scale is None else args.guidance_scale
 
     pipe = UnityVideoPipeline.from_pretrained(args.model)
     pipe.set_progress_bar_config(disable=True)
     control = UnityVideoControlPipeline.from_pipe(pipe)
     perception = UnityVideoPerceptionPipeline.from_pipe(pipe)
-    common = dict(height=64, width=64, num_inference_steps=args.steps)
+    common = dict(height=64, width=64, num_inference_steps=steps)
     generator = lambda: torch.Generator().manual_seed(args.seed)  # noqa: E731
 
     joint_row = []
     for prompt in PROMPTS:
-        out = pipe(prompt, modality="depth", num_frames=17, generator=generator(), **common)
+        out = pipe(prompt, modality="depth", num_frames=17, guidance_scale=guidance, generator=generator(), **common)
         joint_row += [out.frames[0], out.modality_frames[0]]
     with tempfile.TemporaryDirectory() as folder:
         clip = write_split(Path(folder), "eval", 2, seed=7, config=WorldConfig()).parent / "00001"
         prompt = scene_prompt(json.loads((clip / "scene.json").read_text()))
         rgb = np.stack([np.asarray(f, dtype=np.float64) / 255 for f in load_frames(clip / "rgb")])
         depth = np.stack([np.asarray(f, dtype=np.float64) / 255 for f in load_frames(clip / "depth")])
-        controlled = control(prompt, control_video=str(clip / "depth"), modality="depth", generator=generator(), **common).frames[0]
+        controlled = control(prompt, control_video=str(clip / "depth"), modality="depth", guidance_scale=guidance,
+                             generator=generator(), **common).frames[0]
         estimates = [perception(video=str(clip / "rgb"), modality=m, generator=generator(), **common).modality_frames[0]
                      for m in ("depth", "segmentation")]  # fmt: skip
     video = tile([joint_row, [depth, controlled], [rgb, *estimates]])

@@ -9,6 +9,7 @@ from unityvideo_diffusers.data.evaluate import (
     flow_epe,
     foreground_iou,
     layering_accuracy,
+    mask_agreement,
     normal_error_degrees,
     object_mask,
     read_object,
@@ -24,7 +25,10 @@ def test_metrics_are_exact_on_the_truth():
     disparity = 1 / truth["depth"]
     scores = depth_metrics(3 * disparity + 1, truth["depth"])  # any scale and shift of the truth is perfect
     assert scores["abs_rel"] < 1e-6 and scores["delta1"] == 1.0
-    assert flow_epe(truth["flow"] * 0.1, truth["flow"]) < 1e-6
+    assert flow_epe(truth["flow"] * 0.1, truth["flow"]) < 1e-6 and flow_epe(truth["flow"] * 0.1, truth["flow"], moving_only=True) < 1e-6
+    moving = np.linalg.norm(truth["flow"], axis=-1) > 0.25
+    still = flow_epe(np.zeros_like(truth["flow"]), truth["flow"], moving_only=True)
+    assert still == np.linalg.norm(truth["flow"], axis=-1)[moving].mean() > 0.25
     assert foreground_iou(truth["labels"] > 0, truth["labels"] > 0) == 1.0
     assert normal_error_degrees(visualise(truth)["normal"], truth["normal"]) < 1e-3
 
@@ -67,3 +71,12 @@ def test_layering_accuracy_is_high_on_the_truth_and_chance_when_objects_swap():
         exact.append(layering_accuracy(truth["rgb"], truth["labels"], colours))
         swapped.append(layering_accuracy(truth["rgb"], truth["labels"], colours[1:] + colours[:1]))
     assert np.mean(exact) > 0.95 and np.mean(swapped) < 0.2, (np.mean(exact), np.mean(swapped))
+
+
+def test_mask_agreement_is_one_on_equal_masks_and_zero_when_either_is_constant_or_independent():
+    rng = np.random.default_rng(3)
+    mask = rng.random((5, 32, 32)) < 0.3
+    assert mask_agreement(mask, mask) == 1.0 and mask_agreement(mask, ~mask) < -0.5
+    everything = np.ones_like(mask)
+    assert mask_agreement(everything, everything) == 0.0 and mask_agreement(mask, everything) == 0.0
+    assert abs(mask_agreement(mask, rng.random(mask.shape) < 0.3)) < 0.05

@@ -1,4 +1,4 @@
-"""The README's first command runs this example: keep it working."""
+"""The offline example (tiny random components, no bundled model needed): keep it working."""
 
 import subprocess
 import sys

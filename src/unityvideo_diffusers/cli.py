@@ -102,6 +102,8 @@ def _default_model() -> str:
 
 def _job_settings(job: str, args: argparse.Namespace) -> dict:
     """Defaults, then the YAML file, then the flags given on the command line (each level overrides the previous)."""
+    from .jobs import recipe_defaults
+
     allowed = SHARED_OPTIONS | JOB_OPTIONS[job]
     settings = {key: value for key, value in JOB_DEFAULTS.items() if key in allowed}
     if job == "restyle":
@@ -114,14 +116,10 @@ def _job_settings(job: str, args: argparse.Namespace) -> dict:
     settings.update(explicit)
     if settings.get("model") is None:
         settings["model"] = _default_model()
-    recipe = Path(settings["model"]) / "recipe.json"
-    if recipe.is_file():  # a model trained at another size (the demo model): its size and sampling are the defaults
-        recipe = json.loads(recipe.read_text())
-        preferred = {**recipe.get("world", {}), **recipe.get("sampling", {})}
-        for key in ("height", "width", "frames", "steps", "guidance_scale"):
-            fixed_by_job = (key == "frames" and settings.get("frames") is None) or (key == "guidance_scale" and job == "estimate")
-            if key not in explicit and key in preferred and not fixed_by_job:
-                settings[key] = preferred[key]
+    for key, value in recipe_defaults(settings["model"]).items():  # a model trained at its own size: the demo model
+        fixed_by_job = (key == "frames" and settings.get("frames") is None) or (key == "guidance_scale" and job == "estimate")
+        if key not in explicit and not fixed_by_job:
+            settings[key] = value
     required = {"generate": ["prompt"], "control": ["prompt", "modality"], "estimate": ["video", "modality"],
                 "restyle": ["video", "prompt"]}[job]  # fmt: skip
     missing = [name for name in required if not settings.get(name)]

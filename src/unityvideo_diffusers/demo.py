@@ -15,7 +15,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from
 def build_demo(model: str, device: str = "cpu", dtype: str = "fp32"):
     import gradio as gr
 
-    from .jobs import DTYPES
+    from .jobs import DTYPES, recipe_defaults
     from .pipelines import UnityVideoControlPipeline, UnityVideoPerceptionPipeline, UnityVideoPipeline
     from .video_io import save_video
 
@@ -25,39 +25,41 @@ def build_demo(model: str, device: str = "cpu", dtype: str = "fp32"):
     perception = UnityVideoPerceptionPipeline.from_pipe(pipe)
     modalities = list(pipe.transformer.config.modalities)
     folder = Path(tempfile.mkdtemp(prefix="unityvideo-demo-"))
+    defaults = {"steps": 20, "guidance_scale": 5.0, "frames": 17, "height": 256, **recipe_defaults(model)}
 
     def written(frames, name: str) -> str:
         return str(save_video(frames, folder / f"{name}-{uuid.uuid4().hex[:8]}.mp4"))
 
-    def settings(steps, seed, frames, size):
-        return dict(num_inference_steps=int(steps), height=int(size), width=int(size),
+    def settings(steps, guidance, seed, frames, size):
+        return dict(num_inference_steps=int(steps), guidance_scale=float(guidance), height=int(size), width=int(size),
                     generator=torch.Generator().manual_seed(int(seed)))  # fmt: skip
 
-    def text_to_video(prompt, modality, steps, seed, frames, size):
+    def text_to_video(prompt, modality, steps, guidance, seed, frames, size):
         if not prompt:
             raise gr.Error("Write a prompt.")
-        out = pipe(prompt, modality=modality, num_frames=int(frames), **settings(steps, seed, frames, size))
+        out = pipe(prompt, modality=modality, num_frames=int(frames), **settings(steps, guidance, seed, frames, size))
         return written(out.frames[0], "rgb"), written(out.modality_frames[0], modality)
 
-    def control_to_video(prompt, control_video, modality, steps, seed, frames, size):
+    def control_to_video(prompt, control_video, modality, *common):
         if not prompt or not control_video:
             raise gr.Error("Give a prompt and a control video.")
-        out = control(prompt, control_video=control_video, modality=modality, **settings(steps, seed, frames, size))
+        out = control(prompt, control_video=control_video, modality=modality, **settings(*common))
         return written(out.frames[0], "controlled")
 
-    def video_to_modality(video, modality, steps, seed, frames, size):
+    def video_to_modality(video, modality, *common):
         if not video:
             raise gr.Error("Give a video.")
-        out = perception(video=video, modality=modality, **settings(steps, seed, frames, size))
+        out = perception(video=video, modality=modality, **{**settings(*common), "guidance_scale": 1.0})
         return written(out.modality_frames[0], modality)
 
     with gr.Blocks(title="UnityVideo") as demo:
         gr.Markdown("# UnityVideo\nOne model: text → video + modality, modality → video, video → modality.")
         with gr.Row():
-            steps = gr.Slider(1, 100, value=20, step=1, label="steps")
+            steps = gr.Slider(1, 100, value=defaults["steps"], step=1, label="steps")
+            guidance = gr.Slider(1, 10, value=defaults["guidance_scale"], step=0.5, label="guidance (not for estimation)")
             seed = gr.Number(value=0, precision=0, label="seed")
-            frames = gr.Slider(1, 81, value=17, step=4, label="frames (4k+1)")
-            size = gr.Slider(64, 512, value=256, step=32, label="height = width")
+            frames = gr.Slider(1, 81, value=defaults["frames"], step=4, label="frames (4k+1)")
+            size = gr.Slider(64, 512, value=defaults["height"], step=32, label="height = width")
         with gr.Row():
             with gr.Column():
                 gr.Markdown("### Text → video + modality")
@@ -79,7 +81,7 @@ def build_demo(model: str, device: str = "cpu", dtype: str = "fp32"):
                 estimate_modality = gr.Dropdown(modalities, value=modalities[0], label="modality")
                 estimate_button = gr.Button("Estimate")
                 estimate_out = gr.Video(label="modality")
-        common = [steps, seed, frames, size]
+        common = [steps, guidance, seed, frames, size]
         t2v_button.click(text_to_video, [prompt, t2v_modality, *common], [t2v_rgb, t2v_mod])
         control_button.click(control_to_video, [control_prompt, control_video, control_modality, *common], control_out)
         estimate_button.click(video_to_modality, [source, estimate_modality, *common], estimate_out)

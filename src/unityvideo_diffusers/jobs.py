@@ -20,6 +20,16 @@ DECODERS = {
 }
 
 
+def recipe_defaults(model: str | Path) -> dict:
+    """What a model trained at its own size (the demo model) records in its folder's `recipe.json`: the size it
+    works at and its sampling settings, as height, width, frames, steps and guidance_scale (empty for other models)."""
+    recipe = Path(model) / "recipe.json"
+    if not recipe.is_file():
+        return {}
+    recipe = json.loads(recipe.read_text())
+    return {**recipe.get("world", {}), **recipe.get("sampling", {})}
+
+
 def make_scheduler(name: str, pipe):
     """'default' keeps the folder's scheduler; 'reference' is the authors' sampler; others are diffusers' own."""
     from diffusers import DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler

@@ -40,7 +40,7 @@ TRANSFORMER = dict(num_attention_heads=4, attention_head_dim=24, num_layers=4, f
 VAE = dict(base_dim=16, z_dim=16, dim_mult=[1, 2, 2], num_res_blocks=1, temperal_downsample=[True, True], is_residual=True,
            in_channels=12, out_channels=12, patch_size=2, scale_factor_spatial=8, scale_factor_temporal=4)  # fmt: skip
 STREAMS = ("rgb", *MODALITY_COLUMNS)
-SAMPLING = {"steps": 20, "guidance_scale": 5.0}  # the CLI's defaults for this model, chosen with `unityvideo eval`
+SAMPLING = {"steps": 20, "guidance_scale": 3.0}  # the CLI's defaults for this model, chosen with `unityvideo eval`
 
 
 def fit_tokenizer(prompts: list[str]):

@@ -3,14 +3,16 @@
     python -m unityvideo_diffusers.data.evaluate --model models/shapesworld-demo --data DIR/eval --output quality.json
 
 - perception: depth AbsRel and delta < 1.25 after per-video scale-and-shift alignment (on disparity), optical-flow
-  end-point error (after per-video scale alignment, in pixels), segmentation foreground IoU, normal angular error;
+  end-point error (after per-frame scale alignment, in pixels; over all pixels and over the moving ones), segmentation
+  foreground IoU, normal angular error;
 - control: IoU between the objects of the video generated from a segmentation (or depth) control and the control's
   objects; depth layering: with a depth control, the share of object pixels painted in the colour of the object the
   depth puts there (the nearer one where objects overlap);
 - text -> video (one-object prompts): colour, shape and motion direction recovered from the generated frames;
-- joint generation: IoU between the objects of the generated RGB video and of its generated segmentation.
+- joint generation: agreement (Cohen's kappa) between the objects of the generated RGB video and of its generated
+  segmentation.
 Baselines: trivial predictors (constant depth, zero flow, no foreground, normals facing the camera, a random object
-colour per pixel, a random colour, shape and motion).
+colour per pixel, a random colour, shape and motion, independent RGB and segmentation).
 """
 
 from __future__ import annotations
@@ -48,15 +50,30 @@ def depth_metrics(disparity: np.ndarray, depth: np.ndarray) -> dict:
     return {"abs_rel": float(np.mean(np.abs(predicted - depth) / depth)), "delta1": float(np.mean(ratio < 1.25))}
 
 
-def flow_epe(flow: np.ndarray, truth: np.ndarray) -> float:
-    """End-point error in pixels after one least-squares scale per video (the visualisation is normalised)."""
-    scale = float((flow * truth).sum() / max((flow * flow).sum(), 1e-12))
-    return float(np.sqrt(np.square(scale * flow - truth).sum(-1)).mean())
+def flow_epe(flow: np.ndarray, truth: np.ndarray, moving_only: bool = False) -> float:
+    """End-point error in pixels after one least-squares scale per frame: the visualisation normalises each frame's
+    flow, so it carries direction and relative size, not pixels. `moving_only` averages over the pixels that truly
+    move (more than 0.25 px), where the static background cannot outweigh the objects."""
+    scale = (flow * truth).sum((1, 2, 3), keepdims=True) / np.maximum((flow * flow).sum((1, 2, 3), keepdims=True), 1e-12)
+    error = np.sqrt(np.square(scale * flow - truth).sum(-1))
+    if moving_only:
+        moving = np.linalg.norm(truth, axis=-1) > 0.25
+        return float(error[moving].mean()) if moving.any() else 0.0
+    return float(error.mean())
 
 
 def foreground_iou(predicted: np.ndarray, truth: np.ndarray) -> float:
     union = np.logical_or(predicted, truth).sum()
     return float(np.logical_and(predicted, truth).sum() / union) if union else 1.0
+
+
+def mask_agreement(first: np.ndarray, second: np.ndarray) -> float:
+    """Cohen's kappa of two boolean masks: their pixel agreement beyond what independent masks of the same coverage
+    reach, so two masks that both cover everything (or nothing) score 0, not a perfect IoU."""
+    observed = np.mean(first == second)
+    p, q = first.mean(), second.mean()
+    chance = p * q + (1 - p) * (1 - q)
+    return float((observed - chance) / (1 - chance)) if chance < 1 else 0.0
 
 
 def normal_error_degrees(visualisation: np.ndarray, truth: np.ndarray) -> float:
@@ -172,7 +189,9 @@ def evaluate(model: str | Path, data: str | Path, steps: int = 20, scheduler: st
         if "perception" in jobs:
             for name, value in depth_metrics(decode_depth(estimate("depth")), truth["depth"]).items():
                 add(f"perception/depth_{name}", value)
-            add("perception/flow_epe", flow_epe(decode_flow(estimate("raft")), truth["flow"]))
+            flow = decode_flow(estimate("raft"))
+            add("perception/flow_epe", flow_epe(flow, truth["flow"]))
+            add("perception/flow_epe_moving", flow_epe(flow, truth["flow"], moving_only=True))
             add("perception/segmentation_iou", foreground_iou(decode_segmentation(estimate("segmentation")) > 0, truth["labels"] > 0))
             add("perception/normal_degrees", normal_error_degrees(estimate("normal"), truth["normal"]))
 
@@ -195,7 +214,7 @@ def evaluate(model: str | Path, data: str | Path, steps: int = 20, scheduler: st
             add("text2video/shape_accuracy", float(read["shape"] == target["shape"]))
             add("text2video/motion_accuracy", float(read["motion"] == target["motion"]))
             generated_segments = decode_segmentation(_array(joint.modality_frames[0])) > 0
-            add("joint/rgb_segmentation_iou", foreground_iou(object_mask(frames, scene["background"]), generated_segments))
+            add("joint/rgb_segmentation_kappa", mask_agreement(object_mask(frames, scene["background"]), generated_segments))
     return {name: float(np.mean(values)) for name, values in sorted(scores.items())}
 
 
@@ -213,7 +232,7 @@ def scene_prompt(scene: dict) -> str:
 
 def trivial_baselines(data: str | Path, limit: int | None = None) -> dict:
     """What knowing nothing scores: constant depth, zero flow, no foreground, every normal facing the camera; chance
-    for the layering and the prompt's colour, shape and motion."""
+    for the layering, the prompt's colour, shape and motion and the RGB-segmentation agreement."""
     scores: dict[str, list[float]] = {}
     for clip in _clips(Path(data), limit):
         truth = np.load(clip / "gt.npz")
@@ -222,13 +241,16 @@ def trivial_baselines(data: str | Path, limit: int | None = None) -> dict:
         ratio = np.maximum(constant / depth, depth / constant)
         scores.setdefault("perception/depth_abs_rel", []).append(float(np.mean(np.abs(constant - depth) / depth)))
         scores.setdefault("perception/depth_delta1", []).append(float(np.mean(ratio < 1.25)))
-        scores.setdefault("perception/flow_epe", []).append(float(np.sqrt(np.square(truth["flow"]).sum(-1)).mean()))
+        still = np.zeros_like(truth["flow"])
+        scores.setdefault("perception/flow_epe", []).append(flow_epe(still, truth["flow"]))
+        scores.setdefault("perception/flow_epe_moving", []).append(flow_epe(still, truth["flow"], moving_only=True))
         scores.setdefault("perception/segmentation_iou", []).append(foreground_iou(np.zeros_like(truth["labels"], bool), truth["labels"] > 0))
         facing = np.broadcast_to(np.array([0.5, 0.5, 1.0]), truth["normal"].shape)
         scores.setdefault("perception/normal_degrees", []).append(normal_error_degrees(facing, truth["normal"]))
         scene = json.loads((clip / "scene.json").read_text())
         if len(colours := _distinct_colours(scene)) > 1:
             scores.setdefault("control/depth_layering_accuracy", []).append(1 / len(colours))
+    scores["joint/rgb_segmentation_kappa"] = [0.0]
     scores["text2video/colour_accuracy"] = [1 / len(COLOURS)]
     scores["text2video/shape_accuracy"] = [1 / len(SHAPES)]
     scores["text2video/motion_accuracy"] = [1 / len(MOTION_AXES)]

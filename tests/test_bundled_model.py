@@ -1,0 +1,84 @@
+"""The bundled ShapesWorld demo model: every command's default, and measurably good at its world.
+
+The floors sit between what the model measures on these clips (10 steps, seed 0) and the better of the trivial
+predictor and the untrained model, so a pipeline or codec change that breaks the model fails here. Measured on the
+three clips (model / trivial / untrained): depth AbsRel 0.222 / 0.465 / 0.379, delta1 0.733 / 0.625 / 0.268,
+segmentation IoU 0.509 / 0 / 0.114, normal error 6.2 / 26.4 / 108.8 degrees; control IoU (segmentation, depth)
+0.530, 0.538 / - / 0.100, 0.100; on the one-object clips colour accuracy 0.667 / 0.143 / 0 and RGB-segmentation
+kappa 0.306 / 0 / -0.017."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from unityvideo_diffusers import DEMO_MODEL
+from unityvideo_diffusers.data.evaluate import evaluate
+from unityvideo_diffusers.data.shapesworld import WorldConfig, write_split
+from unityvideo_diffusers.video_io import load_frames
+
+
+def unityvideo(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "unityvideo_diffusers", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+
+
+def test_the_demo_model_is_bundled_and_small():
+    size = sum(p.stat().st_size for p in DEMO_MODEL.rglob("*") if p.is_file())
+    assert (DEMO_MODEL / "model_index.json").is_file() and size < 25 * 2**20
+    recipe = json.loads((DEMO_MODEL / "recipe.json").read_text())
+    assert recipe["world"] == {"height": 64, "width": 64, "frames": 17}
+
+
+def test_generate_estimate_control_default_to_the_demo_model(tmp_path):
+    result = unityvideo("generate", "a large red ball slides left in front of a grey wall", "--modality", "depth", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    [video] = [v for v in (tmp_path / "outputs").glob("generate-*.mp4") if not v.stem.endswith("_depth")]
+    record = json.loads(video.with_suffix(".json").read_text())
+    assert record["settings"]["model"] == str(DEMO_MODEL)
+    assert record["settings"]["steps"] == json.loads((DEMO_MODEL / "recipe.json").read_text())["sampling"]["steps"]
+    frames = load_frames(video)
+    assert len(frames) == 17 and frames[0].size == (64, 64)
+
+    depth = video.with_name(video.stem + "_depth.mp4")
+    result = unityvideo("control", "a small green cube rises in front of a teal wall", "--control-video", depth,
+                        "--modality", "depth", "--output", tmp_path / "control.mp4", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    result = unityvideo("estimate", video, "--modality", "segmentation", "--output", tmp_path / "seg.mp4", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert len(load_frames(tmp_path / "seg.mp4")) == 17
+
+
+def held_out_clips(folder, config: WorldConfig):
+    """Clips the model never saw (another seed), each with a colour x shape pair held out of its training."""
+    return write_split(folder, "eval", 3, seed=12345, config=config).parent
+
+
+@pytest.fixture(scope="module")
+def held_out(tmp_path_factory):
+    return held_out_clips(tmp_path_factory.mktemp("world"), WorldConfig())
+
+
+@pytest.fixture(scope="module")
+def held_out_single_objects(tmp_path_factory):
+    """Text adherence is read from one-object scenes (the reader cannot tell whose colour is whose)."""
+    return held_out_clips(tmp_path_factory.mktemp("single"), WorldConfig(min_objects=1, max_objects=1))
+
+
+def test_perception_beats_trivial_predictors_by_far(held_out):
+    scores = evaluate(DEMO_MODEL, held_out, steps=10, jobs=("perception",))
+    assert scores["perception/depth_abs_rel"] < 0.3 and scores["perception/depth_delta1"] > 0.68, scores
+    assert scores["perception/segmentation_iou"] > 0.35, scores
+    assert scores["perception/normal_degrees"] < 12, scores
+
+
+def test_control_follows_the_control_video(held_out):
+    scores = evaluate(DEMO_MODEL, held_out, steps=10, jobs=("control",))
+    assert scores["control/segmentation_iou"] > 0.35 and scores["control/depth_iou"] > 0.35, scores
+
+
+def test_generation_follows_the_prompt_colour_and_its_segmentation_agrees(held_out_single_objects):
+    scores = evaluate(DEMO_MODEL, held_out_single_objects, steps=10, jobs=("text2video",))
+    assert scores["text2video/colour_accuracy"] > 0.5 and scores["joint/rgb_segmentation_kappa"] > 0.15, scores
