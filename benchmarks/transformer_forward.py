@@ -47,7 +47,7 @@ def bench(size: str, dtype: torch.dtype, device: torch.device, repeats: int, tex
     config, (frames, height, width) = SIZES[size]
     with tempfile.TemporaryDirectory() as folder:  # load as users do, so fp32-kept modules stay fp32
         UnityVideoTransformer3DModel(**config).save_pretrained(folder)
-        model = UnityVideoTransformer3DModel.from_pretrained(folder, torch_dtype=dtype).to(device)
+        model = UnityVideoTransformer3DModel.from_pretrained(folder, dtype=dtype).to(device)
     channels, text_dim = config["in_channels"], config["text_dim"]
     latents = torch.randn(1, channels, frames, height, width, device=device, dtype=dtype)
     inputs = dict(

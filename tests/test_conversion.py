@@ -139,7 +139,7 @@ def test_round_trip_is_bit_exact(released_file, tmp_path, max_shard_size):
     weights = sorted(p.name for p in (folder / "transformer").iterdir())
     if max_shard_size == "20KB":
         assert "diffusion_pytorch_model.safetensors.index.json" in weights and len(weights) > 3
-    model = UnityVideoTransformer3DModel.from_pretrained(folder, subfolder="transformer", torch_dtype=torch.bfloat16)
+    model = UnityVideoTransformer3DModel.from_pretrained(folder, subfolder="transformer", dtype=torch.bfloat16)
     assert model.config.num_layers == 2
 
     back, digest = convert_diffusers_to_released(folder, tmp_path / "back.safetensors", progress=False)

@@ -413,7 +413,7 @@ def test_unreadable_video_is_named(components, tmp_path):
 def test_from_pipe_keeps_components_and_dtypes(components, tmp_path):
     pipe = make(UnityVideoPipeline, components)
     pipe.save_pretrained(tmp_path)
-    half = UnityVideoPipeline.from_pretrained(tmp_path, torch_dtype=torch.bfloat16)
+    half = UnityVideoPipeline.from_pretrained(tmp_path, dtype=torch.bfloat16)
     control = UnityVideoControlPipeline.from_pipe(half)
     assert control.transformer is half.transformer and control.vae is half.vae
     assert control.transformer.blocks[0].attn1.to_q.weight.dtype == torch.bfloat16

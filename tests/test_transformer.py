@@ -219,7 +219,7 @@ def test_save_load_round_trip(tiny_model, tmp_path):
     reloaded = UnityVideoTransformer3DModel.from_pretrained(tmp_path).eval()
     inputs = random_inputs()
     assert torch.equal(reloaded(**inputs, modality="depth").sample, tiny_model(**inputs, modality="depth").sample)
-    bf16 = UnityVideoTransformer3DModel.from_pretrained(tmp_path, torch_dtype=torch.bfloat16)
+    bf16 = UnityVideoTransformer3DModel.from_pretrained(tmp_path, dtype=torch.bfloat16)
     assert bf16.blocks[0].attn1.to_q.weight.dtype == torch.bfloat16
     assert bf16.blocks[0].scale_shift_table.dtype == torch.float32
     assert bf16.modality_scale_shift_table.dtype == torch.float32

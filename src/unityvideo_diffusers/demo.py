@@ -19,7 +19,7 @@ def build_demo(model: str, device: str = "cpu", dtype: str = "fp32"):
     from .pipelines import UnityVideoControlPipeline, UnityVideoPerceptionPipeline, UnityVideoPipeline
     from .video_io import save_video
 
-    pipe = UnityVideoPipeline.from_pretrained(model, torch_dtype=DTYPES[dtype]).to(device)
+    pipe = UnityVideoPipeline.from_pretrained(model, dtype=DTYPES[dtype]).to(device)
     pipe.set_progress_bar_config(disable=True)
     control = UnityVideoControlPipeline.from_pipe(pipe)
     perception = UnityVideoPerceptionPipeline.from_pipe(pipe)

@@ -44,7 +44,7 @@ def model_card(folder: str | os.PathLike, repo_id: str, base_model: str = "Kling
         "import torch",
         "from unityvideo_diffusers import UnityVideoPipeline, UnityVideoControlPipeline, UnityVideoPerceptionPipeline",
         "",
-        f'pipe = UnityVideoPipeline.from_pretrained("{repo_id}", torch_dtype=torch.bfloat16).to("cuda")',
+        f'pipe = UnityVideoPipeline.from_pretrained("{repo_id}", dtype=torch.bfloat16).to("cuda")',
         'out = pipe("a red ball bouncing on a wooden floor", modality="depth", num_frames=33, height=256, width=256)',
         'depth_video = UnityVideoPerceptionPipeline.from_pipe(pipe)(video="clip.mp4", modality="depth").modality_frames[0]',
         "```",

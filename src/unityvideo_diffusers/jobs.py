@@ -54,7 +54,7 @@ def load_pipeline(pipeline_class, model: str, device: str, dtype: str, offload: 
         raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}.")
     if not Path(model).exists() and model.count("/") != 1:
         raise FileNotFoundError(f"--model {model} is neither a folder nor a Hub id (owner/name).")
-    pipe = pipeline_class.from_pretrained(model, torch_dtype=DTYPES[dtype])
+    pipe = pipeline_class.from_pretrained(model, dtype=DTYPES[dtype])
     pipe.scheduler = make_scheduler(scheduler, pipe)
     if vae_tiling:
         pipe.vae.enable_tiling()

@@ -17,7 +17,7 @@ class UnityVideoPipeline(UnityVideoBasePipeline):
     video, generated jointly; `modality=None` is plain text-to-video. `image=` keeps a first frame, as Wan2.2-TI2V does.
 
     ```py
-    >>> pipe = UnityVideoPipeline.from_pretrained("path/to/unityvideo-5b", torch_dtype=torch.bfloat16).to("cuda")
+    >>> pipe = UnityVideoPipeline.from_pretrained("path/to/unityvideo-5b", dtype=torch.bfloat16).to("cuda")
     >>> out = pipe("a red ball bouncing on a wooden floor", modality="depth", num_frames=33, height=256, width=256)
     >>> out.frames[0], out.modality_frames[0]  # (F, H, W, 3) arrays in [0, 1]
     ```

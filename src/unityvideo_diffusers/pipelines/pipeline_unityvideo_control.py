@@ -17,7 +17,7 @@ class UnityVideoControlPipeline(UnityVideoBasePipeline):
     A modality video (e.g. a depth visualisation) and a prompt -> an RGB video that follows it.
 
     ```py
-    >>> pipe = UnityVideoControlPipeline.from_pretrained("path/to/unityvideo-5b", torch_dtype=torch.bfloat16)
+    >>> pipe = UnityVideoControlPipeline.from_pretrained("path/to/unityvideo-5b", dtype=torch.bfloat16)
     >>> video = pipe("a knight walking in the snow", control_video="depth.mp4", modality="depth").frames[0]
     ```
     """

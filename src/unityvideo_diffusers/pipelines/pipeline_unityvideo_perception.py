@@ -16,7 +16,7 @@ class UnityVideoPerceptionPipeline(UnityVideoBasePipeline):
     An RGB video -> its modality video (a visualisation, e.g. colour-mapped depth).
 
     ```py
-    >>> pipe = UnityVideoPerceptionPipeline.from_pretrained("path/to/unityvideo-5b", torch_dtype=torch.bfloat16)
+    >>> pipe = UnityVideoPerceptionPipeline.from_pretrained("path/to/unityvideo-5b", dtype=torch.bfloat16)
     >>> depth = pipe(video="street.mp4", modality="depth").modality_frames[0]
     ```
     """

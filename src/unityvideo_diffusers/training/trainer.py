@@ -105,7 +105,7 @@ class TrainingProgress:
 def load_transformer(model_path: str) -> UnityVideoTransformer3DModel:
     path = Path(model_path)
     subfolder = "transformer" if (path / "transformer").is_dir() or not path.exists() else None
-    return UnityVideoTransformer3DModel.from_pretrained(model_path, subfolder=subfolder, torch_dtype=torch.float32)
+    return UnityVideoTransformer3DModel.from_pretrained(model_path, subfolder=subfolder, dtype=torch.float32)
 
 
 def prepare_trainable(transformer: UnityVideoTransformer3DModel, config: TrainConfig) -> list[dict]:
