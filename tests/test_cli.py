@@ -207,3 +207,17 @@ def test_every_command_reads_a_config(model, tmp_path, capsys):
         main(["convert", "--output", str(tmp_path / "x")])
     assert "missing --checkpoint (a flag or a --config key)" in capsys.readouterr().err
 
+
+
+def test_scheduler_choices_keep_the_folder_shift():
+    from types import SimpleNamespace
+
+    from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
+
+    from unityvideo_diffusers.jobs import make_scheduler
+
+    pipe = SimpleNamespace(scheduler=UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=2.0))
+    assert make_scheduler("euler", pipe).config.shift == 2.0
+    assert make_scheduler("dpm", pipe).config.flow_shift == 2.0 and make_scheduler("unipc", pipe).config.flow_shift == 2.0
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    assert make_scheduler("unipc", pipe).config.flow_shift == 3.0

@@ -184,6 +184,27 @@ def test_runs_without_text_encoder_from_embeddings(components):
         bare("a red ball", **kwargs)
 
 
+def test_texts_are_padded_to_the_tokenizer_length(components):
+    assert make(UnityVideoPipeline, components).text_length() == 512  # UMT5 tokenizers leave model_max_length unset
+    short = copy.deepcopy(components["tokenizer"])
+    short.model_max_length = 16
+    pipe = make(UnityVideoPipeline, components, tokenizer=short)
+    assert pipe.text_length() == 16 and pipe.text_length(24) == 24
+    lengths = []
+    hook = pipe.transformer.register_forward_pre_hook(
+        lambda module, args, kwargs: lengths.append((kwargs["encoder_hidden_states"].shape[1], kwargs["modality_encoder_hidden_states"].shape[1])),
+        with_kwargs=True,
+    )  # fmt: skip
+    try:
+        pipe("a red ball", modality="depth", num_frames=5, num_inference_steps=1, guidance_scale=1.0, **SIZE)
+        pipe("a red ball", modality="depth", num_frames=5, num_inference_steps=1, guidance_scale=1.0, max_sequence_length=24, **SIZE)
+    finally:
+        hook.remove()
+    assert lengths == [(16, 16), (24, 24)]
+    with pytest.raises(ValueError, match="max_sequence_length` must be a positive integer"):
+        pipe("a red ball", num_frames=5, num_inference_steps=1, max_sequence_length=0, **SIZE)
+
+
 def test_modality_prompt_is_encoded_once(components, monkeypatch):
     pipe = make(UnityVideoPipeline, components)
     calls = []

@@ -176,6 +176,8 @@ def test_runs_share_a_latent_cache_that_fits(world, tmp_path, monkeypatch):
     assert not (tmp_path / "second" / "latent_cache").exists()
     with pytest.raises(ConfigError, match=r"encoded at frames x height x width \[9, 64, 64\], this run wants \[5, 64, 64\]"):
         train(config_for(world, tmp_path / "third", max_steps=1, latent_cache=shared, num_frames=5), progress=False)
+    with pytest.raises(ConfigError, match="its prompts were cut at 512 tokens, this run's at 64"):  # the tokenizer's length
+        train(config_for(world, tmp_path / "fourth", max_steps=1, latent_cache=shared, max_sequence_length=64), progress=False)
     with pytest.raises(ConfigError, match="held_out_loss_every needs held_out_dataset_path"):
         config_for(world, tmp_path / "x", held_out_loss_every=5)
 

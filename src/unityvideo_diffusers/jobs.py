@@ -31,16 +31,20 @@ def recipe_defaults(model: str | Path) -> dict:
 
 
 def make_scheduler(name: str, pipe):
-    """'default' keeps the folder's scheduler; 'reference' is the authors' sampler; others are diffusers' own."""
+    """'default' keeps the folder's scheduler; 'reference' is the authors' sampler; others are diffusers' own, with
+    the folder scheduler's flow shift."""
     from diffusers import DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 
     from .schedulers import LinearFlowMatchEulerScheduler
 
-    flow = dict(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=5.0)
+    # the folder's shift is the one its model was trained for (5 for the release)
+    config = pipe.scheduler.config
+    shift = float(config.get("flow_shift") if config.get("use_flow_sigmas") else config.get("shift", 5.0))
+    flow = dict(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=shift)
     choices = {
         "default": lambda: pipe.scheduler,
         "reference": LinearFlowMatchEulerScheduler,
-        "euler": lambda: FlowMatchEulerDiscreteScheduler(shift=5.0),
+        "euler": lambda: FlowMatchEulerDiscreteScheduler(shift=shift),
         "unipc": lambda: UniPCMultistepScheduler(**flow),
         "dpm": lambda: DPMSolverMultistepScheduler(**flow),
     }

@@ -47,7 +47,7 @@ class UnityVideoPipeline(UnityVideoBasePipeline):
         attention_kwargs: dict[str, Any] | None = None,
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],
-        max_sequence_length: int = 512,
+        max_sequence_length: int | None = None,
         window_frames: int | None = None,
         window_overlap_frames: int = 8,
     ):
@@ -69,7 +69,8 @@ class UnityVideoPipeline(UnityVideoBasePipeline):
             attention_kwargs: passed to the transformer (e.g. `{"scale": 0.8}` for LoRA).
             callback_on_step_end, callback_on_step_end_tensor_inputs: called after each step with the named tensors
                 (`latents`, `modality_latents`, `prompt_embeds`, `negative_prompt_embeds`); returned ones replace them.
-            max_sequence_length: text tokens (512 as in training).
+            max_sequence_length: tokens each text is padded to; default the tokenizer's `model_max_length`, at
+                most 512 (Wan's and the released model's length). A model must be sampled with its training length.
             window_frames, window_overlap_frames: a video longer than `window_frames` (4k+1; default the 33 frames the
                 released model was trained on) is made in windows, each conditioned on the last
                 `window_overlap_frames` (a multiple of 4) of the previous one.

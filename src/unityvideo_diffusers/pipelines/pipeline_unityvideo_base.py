@@ -26,6 +26,8 @@ from ..tasks import Task
 from ..video_io import VideoInput, as_video_list, load_frames, prepare_video
 from .pipeline_output import UnityVideoPipelineOutput
 
+WAN_TEXT_LENGTH = 512  # UMT5 tokens per text in Wan and in the released UnityVideo
+
 
 @dataclass
 class Hold:
@@ -228,6 +230,17 @@ class UnityVideoBasePipeline(DiffusionPipeline, WanLoraLoaderMixin):
         return [self.transformer.resolve_modality_name(name) for name in names]
 
     # ------------------------------------------------------------------ text
+
+    def text_length(self, max_sequence_length: int | None = None) -> int:
+        """The tokens every text is padded to: `max_sequence_length`, else the tokenizer's `model_max_length` up to
+        Wan's 512. UMT5 tokenizers leave `model_max_length` unset (a huge sentinel), so Wan and the released model
+        get 512; a small model trained with short texts (the ShapesWorld demo) records its length in its tokenizer."""
+        if max_sequence_length is None:
+            limit = getattr(self.tokenizer, "model_max_length", None) or WAN_TEXT_LENGTH
+            return min(int(limit), WAN_TEXT_LENGTH)
+        if isinstance(max_sequence_length, bool) or not isinstance(max_sequence_length, int) or max_sequence_length < 1:
+            raise ValueError(f"`max_sequence_length` must be a positive integer or None, got {max_sequence_length!r}.")
+        return max_sequence_length
 
     def encode_modality_prompt(
         self, modalities: list[str], max_sequence_length: int, device: torch.device, dtype: torch.dtype
@@ -530,7 +543,7 @@ class UnityVideoBasePipeline(DiffusionPipeline, WanLoraLoaderMixin):
         attention_kwargs,
         callback_on_step_end,
         callback_on_step_end_tensor_inputs,
-        max_sequence_length: int,
+        max_sequence_length: int | None,
         window_frames: int | None,
         window_overlap_frames: int,
     ):
@@ -578,7 +591,7 @@ class UnityVideoBasePipeline(DiffusionPipeline, WanLoraLoaderMixin):
         # 2. Texts
         prompt_embeds, negative_prompt_embeds, modality_prompt_embeds = self._encode_texts(
             prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, modality_prompt_embeds, modalities,
-            num_videos_per_prompt, max_sequence_length, device,
+            num_videos_per_prompt, self.text_length(max_sequence_length), device,
         )  # fmt: skip
         videos = batch_size * num_videos_per_prompt
         modalities = None if modalities is None else [m for m in modalities for _ in range(num_videos_per_prompt)]

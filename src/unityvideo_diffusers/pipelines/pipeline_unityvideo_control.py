@@ -46,7 +46,7 @@ class UnityVideoControlPipeline(UnityVideoBasePipeline):
         attention_kwargs: dict[str, Any] | None = None,
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],
-        max_sequence_length: int = 512,
+        max_sequence_length: int | None = None,
         window_frames: int | None = None,
         window_overlap_frames: int = 8,
     ):

@@ -58,7 +58,7 @@ class TrainConfig:
     mixed_precision: str = "no"  # "no", "bf16" or "fp16"
     optimizer: str = "adamw"  # "adamw" or "adamw8bit" (bitsandbytes)
     seed: int = 42
-    max_sequence_length: int = 512
+    max_sequence_length: int | None = None  # text tokens; None: the model's tokenizer's (512 for Wan's UMT5)
     latent_cache: str = ""  # folder of the encoded data; empty: save_path/latent_cache. Runs on the same data can share one
 
     # bookkeeping
@@ -133,6 +133,8 @@ class TrainConfig:
         need(self.validation_every >= 0, "validation_every must be >= 0")
         need(not self.validation_every or bool(self.validation_prompts), "validation_every needs validation_prompts")
         need(self.validation_steps >= 1, "validation_steps must be >= 1")
+        need(self.max_sequence_length is None or (isinstance(self.max_sequence_length, int) and self.max_sequence_length >= 1),
+             f"max_sequence_length must be a positive integer or null, got {self.max_sequence_length!r}")  # fmt: skip
         need(isinstance(self.held_out_loss_every, int) and self.held_out_loss_every >= 0, "held_out_loss_every must be >= 0")
         need(not self.held_out_loss_every or bool(self.held_out_dataset_path), "held_out_loss_every needs held_out_dataset_path")
         if self.held_out_dataset_path:

@@ -143,7 +143,7 @@ def check_cache_fits(index: dict, index_path: Path, modalities: list[str], confi
     wanted = [config.num_frames, config.height, config.width]
     if index.get("video_shape", wanted) != wanted:
         problems.append(f"it was encoded at frames x height x width {index['video_shape']}, this run wants {wanted}")
-    if index["max_sequence_length"] != config.max_sequence_length:
+    if config.max_sequence_length not in (None, index["max_sequence_length"]):
         problems.append(f"its prompts were cut at {index['max_sequence_length']} tokens, this run's at {config.max_sequence_length}")
     if problems:
         raise ConfigError(f"The latent cache {index_path.parent} does not fit this run: " + "; ".join(problems)

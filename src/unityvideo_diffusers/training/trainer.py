@@ -188,6 +188,7 @@ def train(config: TrainConfig, extra_loss: Callable | None = None, progress: boo
     accelerator.wait_for_everyone()
     index, prompts = cache.load()
     check_cache_fits(index, cache.index_path, modalities, config)
+    config = dataclasses.replace(config, max_sequence_length=index["max_sequence_length"])  # as encoded
     usable = set(index["usable"])
     rows_with = {m: [r.index for r in rows if r.index in usable and m in r.modalities] for m in modalities}
     rows_with = {m: indices for m, indices in rows_with.items() if indices}
@@ -342,7 +343,7 @@ def _encode_once(caches: list[tuple[LatentCache | None, list]], transformer, mod
     with torch.no_grad():
         for cache, rows in pending:
             cache.build(rows, pipe, modalities, config.num_frames, config.height, config.width,
-                        config.max_sequence_length, progress)  # fmt: skip
+                        pipe.text_length(config.max_sequence_length), progress)  # fmt: skip
 
 
 HELD_OUT_TIMES = (0.1, 0.3, 0.5, 0.7, 0.9)
