@@ -285,3 +285,15 @@ def test_extra_loss_hook_is_added(world, tmp_path):
     log = [json.loads(line) for line in (tmp_path / "extra" / "train_log.jsonl").read_text().splitlines()]
     assert len(calls) == 2 and all(record["extra"] == 1.0 for record in log)
     assert all(abs(record["loss"] - 1.0 - record.get("rgb_loss", 0) - record.get("modality_loss", 0)) < 1e-5 for record in log)
+
+
+def test_compiled_blocks_train_like_eager_ones(world, tmp_path):
+    """`compile_blocks` compiles in place: same checkpoint names, and weights equal to an eager run's up to the
+    compiler's reordering of float operations."""
+    finals = {}
+    for name, compiled in (("eager", False), ("compiled", True)):
+        train(config_for(world, tmp_path / name, training_mode="full", max_steps=2, ema_decay=0.0, compile_blocks=compiled), progress=False)
+        finals[name] = load_file(tmp_path / name / "checkpoint-0000002" / "trainable_weights.safetensors")
+    assert finals["eager"].keys() == finals["compiled"].keys()
+    for key, tensor in finals["eager"].items():
+        assert torch.allclose(finals["compiled"][key], tensor, rtol=1e-4, atol=1e-5), key

@@ -55,6 +55,7 @@ class TrainConfig:
     width: int = 256
     gradient_accumulation_steps: int = 1
     gradient_checkpointing: bool = True
+    compile_blocks: bool = False  # torch.compile each transformer block in place (diffusers' compile_repeated_blocks)
     mixed_precision: str = "no"  # "no", "bf16" or "fp16"
     optimizer: str = "adamw"  # "adamw" or "adamw8bit" (bitsandbytes)
     seed: int = 42

@@ -202,6 +202,8 @@ def train(config: TrainConfig, extra_loss: Callable | None = None, progress: boo
         transformer.enable_gradient_checkpointing()
     transformer.train()
     groups = prepare_trainable(transformer, config)
+    if config.compile_blocks:  # in place: parameter names, checkpoints and exports stay as they are
+        transformer.compile_repeated_blocks()
     if config.optimizer == "adamw8bit":
         import bitsandbytes as bnb
 
