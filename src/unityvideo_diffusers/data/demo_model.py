@@ -3,23 +3,17 @@
     python -m unityvideo_diffusers.data.demo_model --output models/shapesworld-demo
 
 1. ShapesWorld data (17 frames at 64 x 64; the held-out colour x shape pairs stay out of training).
-2. A byte-level BPE tokenizer fitted to the world's prompts and the modalities' fixed prompts, and a small UMT5 text
-   encoder left at its seeded random initialisation: the vocabulary is closed and tiny, so fixed random contextual
-   features already separate every prompt, and the transformer's text projection learns to read them. Texts are
-   padded to 32 tokens, not Wan's 512 (the world's prompts have at most 20; the tokenizer's `model_max_length`
-   tells the pipelines and the trainer): the padding's cross-attention was half of a training step.
-3. A Wan2.2-style VAE (residual, patch 2), cut to 8x spatial and 4x temporal with 32 channels, trained on every
+2. A byte-level BPE tokenizer fitted to the world's prompts, and a small UMT5 text encoder left at its seeded random
+   initialisation: the vocabulary is closed and tiny, so fixed random contextual features already separate every
+   prompt, and the transformer's text projection learns to read them.
+3. A Wan2.2-style VAE (residual, patch 2), cut to 8x spatial and 4x temporal with 16 channels, trained on every
    stream's frames. Wan2.2's residual blocks carry parameter-free space-to-channel shortcuts, so the untrained VAE
    already starts near a pixel (un)shuffle: here it trains 2.3x faster per step than a Wan2.1-style stack of the same
    width and reaches in 1000 steps a loss the Wan2.1 stack had not reached after 500 (it was at 0.42, and spiking).
    8x rather than Wan2.2's 16x: at 64 x 64, 16x leaves 2 x 2 tokens per frame after the transformer's patch, too
-   coarse for objects a few pixels wide; 8x keeps 4 x 4. 32 channels rather than 16, and a learning rate of 2e-3
-   rather than 1e-3: each reconstructed held-out clips better for the same training time (docs/demo_model.md). 4x
-   spatial compression reconstructed no better for its time and would have quadrupled the transformer's tokens.
-   The pipelines take any of these VAEs from its config.
-4. A small UnityVideoTransformer3DModel for ShapesWorld's modalities, 128 wide so that its output projection is not
-   narrower than a patch of 2 x 2 x 32 latents, trained with the multi-task recipe (`unityvideo_diffusers.training`,
-   the authors' timestep shift of 5) and exported from its EMA weights.
+   coarse for objects a few pixels wide; 8x keeps 4 x 4. The pipelines take either VAE from its config.
+4. A small UnityVideoTransformer3DModel for ShapesWorld's modalities, trained with the multi-task recipe
+   (`unityvideo_diffusers.training`), exported from its EMA weights.
 
 `--minutes` is the whole budget; the VAE gets `--vae-share` of it and the transformer the rest.
 """
@@ -41,11 +35,10 @@ from ..video_io import load_frames
 from .shapesworld import MODALITY_COLUMNS, WorldConfig, write_split
 
 NEW_MODALITIES = {name: modality_prompt(name) for name in ("normal", "edge")}  # beyond the released five
-TRANSFORMER = dict(num_attention_heads=4, attention_head_dim=32, num_layers=4, ffn_dim=512, in_channels=32, out_channels=32,
+TRANSFORMER = dict(num_attention_heads=4, attention_head_dim=24, num_layers=4, ffn_dim=384, in_channels=16, out_channels=16,
                    text_dim=64, freq_dim=64, modalities=["depth", "raft", "segmentation", *NEW_MODALITIES])  # fmt: skip
-VAE = dict(base_dim=16, z_dim=32, dim_mult=[1, 2, 2], num_res_blocks=1, temperal_downsample=[True, True], is_residual=True,
+VAE = dict(base_dim=16, z_dim=16, dim_mult=[1, 2, 2], num_res_blocks=1, temperal_downsample=[True, True], is_residual=True,
            in_channels=12, out_channels=12, patch_size=2, scale_factor_spatial=8, scale_factor_temporal=4)  # fmt: skip
-TEXT_LENGTH = 32  # tokens per text (the world's prompts have at most 20); the tokenizer records it for the pipelines
 STREAMS = ("rgb", *MODALITY_COLUMNS)
 SAMPLING = {"steps": 20, "guidance_scale": 3.0}  # the CLI's defaults for this model, chosen with `unityvideo eval`
 
@@ -60,8 +53,7 @@ def fit_tokenizer(prompts: list[str]):
     trainer = trainers.BpeTrainer(vocab_size=512, special_tokens=["<pad>", "</s>", "<unk>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
     tokenizer.train_from_iterator(prompts, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
-                                   model_max_length=TEXT_LENGTH)  # fmt: skip
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
 
 
 def clip_tensors(csv_root: Path, frames: int) -> list[torch.Tensor]:
@@ -95,7 +87,7 @@ def decode_unclamped(vae, latents: torch.Tensor) -> torch.Tensor:
 
 
 def train_vae(videos: list[torch.Tensor], seconds: float, seed: int, crop: int = 32, batch_size: int = 4,
-              learning_rate: float = 2e-3, log=print):  # fmt: skip
+              learning_rate: float = 1e-3, log=print):  # fmt: skip
     """L1 + MSE reconstruction of the posterior mode (a tiny KL term keeps the log-variance bounded), on random
     `crop`-pixel windows of every stream; the learning rate follows a cosine over the time budget.
 
@@ -155,17 +147,15 @@ def time_training_step(transformer, batch_size: int, frames: int, size: int) -> 
 
     model = copy.deepcopy(transformer).train()
     config = model.config
-    latent_size = size // VAE["scale_factor_spatial"]
-    shape = (batch_size, config.in_channels, (frames - 1) // VAE["scale_factor_temporal"] + 1, latent_size, latent_size)
-    text = torch.randn(batch_size, TEXT_LENGTH, config.text_dim)
+    shape = (batch_size, config.in_channels, (frames - 1) // 4 + 1, size // 8, size // 8)
+    text = torch.randn(batch_size, 512, config.text_dim)
     times = []
     for _ in range(4):
         start = time.perf_counter()
         out = model(torch.randn(shape), torch.rand(batch_size) * 1000, text, torch.randn(shape), text, modality="depth")
         (out.sample.square().mean() + out.modality_sample.square().mean()).backward()
         times.append(time.perf_counter() - start)
-    # a whole run's steps took 1.31x this on average (optimizer, EMA, data, checkpoints; some slowing as it ran)
-    return sorted(times[1:])[1] * 1.4
+    return sorted(times[1:])[1] * 1.15  # + the optimizer step and data
 
 
 def train_config(work: Path, save_path: Path, steps: int, **overrides):
@@ -181,14 +171,14 @@ def train_config(work: Path, save_path: Path, steps: int, **overrides):
     return TrainConfig(**{**values, **overrides})
 
 
-def build(output: str | Path, minutes: float = 85.0, vae_share: float = 0.4, train_clips: int = 800, eval_clips: int = 40,
+def build(output: str | Path, minutes: float = 75.0, vae_share: float = 0.4, train_clips: int = 400, eval_clips: int = 40,
           seed: int = 0, work: str | Path | None = None, log=print) -> Path:  # fmt: skip
     """Run the whole recipe; returns the demo pipeline folder."""
+    from diffusers import UniPCMultistepScheduler
     from transformers import UMT5Config, UMT5EncoderModel
 
     from ..models import UnityVideoTransformer3DModel
     from ..pipelines import UnityVideoPipeline
-    from ..schedulers import default_scheduler
     from ..training import train
 
     started = time.perf_counter()
@@ -202,7 +192,7 @@ def build(output: str | Path, minutes: float = 85.0, vae_share: float = 0.4, tra
 
     import csv
 
-    prompts = [row["prompt"] for row in csv.DictReader(open(csv_path))] + [""] + [modality_prompt(m) for m in TRANSFORMER["modalities"]]
+    prompts = [row["prompt"] for row in csv.DictReader(open(csv_path))] + [""] + [p for p in NEW_MODALITIES.values()]
     tokenizer = fit_tokenizer(prompts)
     torch.manual_seed(seed)
     text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=len(tokenizer), d_model=TRANSFORMER["text_dim"], d_kv=16, d_ff=128,
@@ -218,7 +208,7 @@ def build(output: str | Path, minutes: float = 85.0, vae_share: float = 0.4, tra
 
     initial = work / "initial"
     transformer = UnityVideoTransformer3DModel(**TRANSFORMER)
-    scheduler = default_scheduler()  # shift 5, as trained; shifts 2.5 and 1 measured worse (docs/demo_model.md)
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=5.0)
     UnityVideoPipeline(tokenizer=tokenizer, text_encoder=text_encoder, transformer=transformer, vae=vae,
                        scheduler=scheduler).save_pretrained(initial)  # fmt: skip
 
@@ -230,7 +220,6 @@ def build(output: str | Path, minutes: float = 85.0, vae_share: float = 0.4, tra
         for stream in STREAMS:
             load_frames(csv_path.parent / "00000" / stream)
     encode_seconds = 1.5 * (time.perf_counter() - start) * len(videos) / len(STREAMS)
-    del videos  # GBs of frames the trainer does not need: it reads its own latent cache
     reserve = encode_seconds + 0.02 * budget + 60  # encoding the data once, checkpoints and export
     steps = max(10, int((budget - (time.perf_counter() - started) - reserve) / seconds_per_step))
     log(f"transformer: about {seconds_per_step:.3f} s/step; training {steps} steps")
@@ -259,9 +248,9 @@ def build(output: str | Path, minutes: float = 85.0, vae_share: float = 0.4, tra
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", required=True)
-    parser.add_argument("--minutes", type=float, default=85.0)
+    parser.add_argument("--minutes", type=float, default=75.0)
     parser.add_argument("--vae-share", type=float, default=0.4)
-    parser.add_argument("--train-clips", type=int, default=800)
+    parser.add_argument("--train-clips", type=int, default=400)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if not 0 < args.vae_share < 1 or args.minutes <= 0 or not math.isfinite(args.minutes):

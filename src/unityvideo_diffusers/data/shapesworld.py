@@ -48,9 +48,7 @@ class WorldConfig:
     min_objects: int = 1
     max_objects: int = 2
     min_size: float = 0.2  # object radius at depth 1, as a fraction of the image height
-    max_size: float = 0.3
-    min_depth: float = 1.2  # distance from the camera at the start (the floor runs from 2.5 to the wall at 6)
-    max_depth: float = 2.0
+    max_size: float = 0.35
     held_out: tuple[tuple[str, str], ...] = (("red", "cube"), ("green", "triangle"), ("blue", "ball"), ("yellow", "cube"))
 
     def validate(self) -> None:
@@ -63,8 +61,6 @@ class WorldConfig:
             problems.append(f"need 1 <= min_objects <= max_objects <= 4, got {self.min_objects}, {self.max_objects}")
         if not 0.05 <= self.min_size <= self.max_size <= 0.6:
             problems.append(f"need 0.05 <= min_size <= max_size <= 0.6 of the height, got {self.min_size}, {self.max_size}")
-        if not 1.0 <= self.min_depth <= self.max_depth <= 5.0:
-            problems.append(f"need 1 <= min_depth <= max_depth <= 5 (in front of the wall), got {self.min_depth}, {self.max_depth}")
         for colour, shape in self.held_out:
             if colour not in COLOURS or shape not in SHAPES:
                 problems.append(f"held_out pair ({colour!r}, {shape!r}) is not a colour x shape of this world")
@@ -94,7 +90,7 @@ class Scene:
     def prompt(self) -> str:
         parts = []
         for obj in sorted(self.objects, key=lambda o: o.depth):
-            size = "small" if obj.size < 0.25 else "large"
+            size = "small" if obj.size < 0.27 else "large"
             parts.append(f"a {size} {obj.colour} {obj.shape} {obj.motion}")
         return " and ".join(parts) + f" in front of a {self.background} wall"
 
@@ -111,7 +107,7 @@ def sample_scene(rng: np.random.Generator, config: WorldConfig, split: str) -> S
     for colour, shape in pairs:
         objects.append(SceneObject(
             shape=shape, colour=colour, size=float(rng.uniform(config.min_size, config.max_size)),
-            x=float(rng.uniform(0.25, 0.75)), y=float(rng.uniform(0.3, 0.7)), depth=float(rng.uniform(config.min_depth, config.max_depth)),
+            x=float(rng.uniform(0.25, 0.75)), y=float(rng.uniform(0.3, 0.7)), depth=float(rng.uniform(1.5, 3.0)),
             motion=MOTIONS[int(rng.integers(len(MOTIONS)))], speed=float(rng.uniform(0.2, 0.4)),
         ))  # fmt: skip
     return Scene(background=list(BACKGROUNDS)[int(rng.integers(len(BACKGROUNDS)))], objects=objects)
