@@ -300,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--schedulers", nargs="+", default=["default"])
     evaluation.add_argument("--limit", type=int, help="only the first N clips")
     evaluation.add_argument("--guidance-scale", type=float, default=3.0, help="for control and text -> video")
+    evaluation.add_argument("--vae-ceiling", action="store_true", help="also score the model's VAE reconstructions of the true clips")
     evaluation.add_argument("--output", default="quality.json")
     evaluation.set_defaults(run=_eval)
 
@@ -329,6 +330,7 @@ def _eval(args: argparse.Namespace) -> str:
             "--steps", *map(str, args.steps), "--schedulers", *args.schedulers, "--guidance-scale", str(args.guidance_scale)]  # fmt: skip
     argv += ["--baseline-model", args.baseline_model] if args.baseline_model else []
     argv += ["--limit", str(args.limit)] if args.limit else []
+    argv += ["--vae-ceiling"] if args.vae_ceiling else []
     evaluate(argv)
     return f"Wrote {args.output}."
 

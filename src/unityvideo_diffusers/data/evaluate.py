@@ -153,6 +153,36 @@ def _array(frames) -> np.ndarray:
 
 
 JOBS = ("perception", "control", "text2video")
+PERCEIVED = ("depth", "raft", "segmentation", "normal")
+CONTROLS = ("segmentation", "depth")
+
+
+def score_perception(add, truth, estimated: dict[str, np.ndarray]) -> None:
+    """`estimated`: each of PERCEIVED's modality videos for the clip, as visualisation frames in [0, 1]."""
+    for name, value in depth_metrics(decode_depth(estimated["depth"]), truth["depth"]).items():
+        add(f"perception/depth_{name}", value)
+    flow = decode_flow(estimated["raft"])
+    add("perception/flow_epe", flow_epe(flow, truth["flow"]))
+    add("perception/flow_epe_moving", flow_epe(flow, truth["flow"], moving_only=True))
+    add("perception/segmentation_iou", foreground_iou(decode_segmentation(estimated["segmentation"]) > 0, truth["labels"] > 0))
+    add("perception/normal_degrees", normal_error_degrees(estimated["normal"], truth["normal"]))
+
+
+def score_control(add, scene: dict, truth, controlled: dict[str, np.ndarray]) -> None:
+    """`controlled`: the RGB video made from each of CONTROLS' modality videos of the clip."""
+    for modality, frames in controlled.items():
+        add(f"control/{modality}_iou", foreground_iou(object_mask(frames, scene["background"]), truth["labels"] > 0))
+    if len(colours := _distinct_colours(scene)) > 1:
+        add("control/depth_layering_accuracy", layering_accuracy(controlled["depth"], truth["labels"], colours))
+
+
+def score_text2video(add, scene: dict, frames: np.ndarray, segmentation: np.ndarray) -> None:
+    """A one-object clip's prompt against the RGB video made from it, and that video against its segmentation."""
+    read = read_object(frames, scene["background"])
+    target = scene["objects"][0]
+    for attribute in ("colour", "shape", "motion"):
+        add(f"text2video/{attribute}_accuracy", float(read[attribute] == target[attribute]))
+    add("joint/rgb_segmentation_kappa", mask_agreement(object_mask(frames, scene["background"]), decode_segmentation(segmentation) > 0))
 
 
 @torch.no_grad()
@@ -165,7 +195,6 @@ def evaluate(model: str | Path, data: str | Path, steps: int = 20, scheduler: st
         raise ValueError(f"Unknown jobs {sorted(unknown)}; choose from {JOBS}.")
     from ..jobs import make_scheduler
     from ..pipelines import UnityVideoControlPipeline, UnityVideoPerceptionPipeline, UnityVideoPipeline
-    data = Path(data)
     pipe = UnityVideoPipeline.from_pretrained(model)
     pipe.scheduler = make_scheduler(scheduler, pipe)
     pipe.set_progress_bar_config(disable=True)
@@ -177,44 +206,54 @@ def evaluate(model: str | Path, data: str | Path, steps: int = 20, scheduler: st
     def add(name: str, value: float) -> None:
         scores.setdefault(name, []).append(value)
 
-    for clip in _clips(data, limit):
+    for clip in _clips(Path(data), limit):
         truth = np.load(clip / "gt.npz")
         scene = json.loads((clip / "scene.json").read_text())
         rgb = load_frames(clip / "rgb")
         generator = lambda: torch.Generator().manual_seed(seed)  # noqa: E731
-
-        def estimate(modality: str) -> np.ndarray:
-            return _array(perception(video=rgb, modality=modality, generator=generator(), **common).modality_frames[0])
-
         if "perception" in jobs:
-            for name, value in depth_metrics(decode_depth(estimate("depth")), truth["depth"]).items():
-                add(f"perception/depth_{name}", value)
-            flow = decode_flow(estimate("raft"))
-            add("perception/flow_epe", flow_epe(flow, truth["flow"]))
-            add("perception/flow_epe_moving", flow_epe(flow, truth["flow"], moving_only=True))
-            add("perception/segmentation_iou", foreground_iou(decode_segmentation(estimate("segmentation")) > 0, truth["labels"] > 0))
-            add("perception/normal_degrees", normal_error_degrees(estimate("normal"), truth["normal"]))
-
+            score_perception(add, truth, {modality: _array(perception(video=rgb, modality=modality, generator=generator(),
+                                                                       **common).modality_frames[0])
+                                          for modality in PERCEIVED})  # fmt: skip
         if "control" in jobs:
-            controlled = {modality: _array(control(scene_prompt(scene), control_video=load_frames(clip / modality),
-                                                   modality=modality, generator=generator(), guidance_scale=guidance_scale, **common).frames[0])
-                          for modality in ("segmentation", "depth")}  # fmt: skip
-            for modality, frames in controlled.items():
-                add(f"control/{modality}_iou", foreground_iou(object_mask(frames, scene["background"]), truth["labels"] > 0))
-            if len(colours := _distinct_colours(scene)) > 1:
-                add("control/depth_layering_accuracy", layering_accuracy(controlled["depth"], truth["labels"], colours))
-
+            score_control(add, scene, truth, {
+                modality: _array(control(scene_prompt(scene), control_video=load_frames(clip / modality), modality=modality,
+                                         generator=generator(), guidance_scale=guidance_scale, **common).frames[0])
+                for modality in CONTROLS})  # fmt: skip
         if "text2video" in jobs and len(scene["objects"]) == 1:
             joint = pipe(scene_prompt(scene), modality="segmentation", num_frames=17, generator=generator(),
                          guidance_scale=guidance_scale, **common)  # fmt: skip
-            frames = _array(joint.frames[0])
-            read = read_object(frames, scene["background"])
-            target = scene["objects"][0]
-            add("text2video/colour_accuracy", float(read["colour"] == target["colour"]))
-            add("text2video/shape_accuracy", float(read["shape"] == target["shape"]))
-            add("text2video/motion_accuracy", float(read["motion"] == target["motion"]))
-            generated_segments = decode_segmentation(_array(joint.modality_frames[0])) > 0
-            add("joint/rgb_segmentation_kappa", mask_agreement(object_mask(frames, scene["background"]), generated_segments))
+            score_text2video(add, scene, _array(joint.frames[0]), _array(joint.modality_frames[0]))
+    return {name: float(np.mean(values)) for name, values in sorted(scores.items())}
+
+
+@torch.no_grad()
+def vae_ceiling(model: str | Path, data: str | Path, limit: int | None = None) -> dict:
+    """The metrics of `evaluate` scored on the model's VAE reconstructions of the true clips in place of generated
+    ones: what a perfect transformer would score through this VAE, i.e. which metrics the VAE, not the transformer,
+    caps. (For control, the reconstructed RGB video stands for the one made from the control.)"""
+    from diffusers import AutoencoderKLWan
+
+    vae = AutoencoderKLWan.from_pretrained(model, subfolder="vae").eval()
+
+    def reconstruct(frames) -> np.ndarray:
+        video = torch.from_numpy(np.stack([np.asarray(frame) for frame in frames]) / 127.5 - 1).float().permute(3, 0, 1, 2)[None]
+        decoded = vae.decode(vae.encode(video).latent_dist.mode()).sample[0]
+        return ((decoded.permute(1, 2, 3, 0).double().numpy() + 1) / 2).clip(0, 1)
+
+    scores: dict[str, list[float]] = {}
+
+    def add(name: str, value: float) -> None:
+        scores.setdefault(name, []).append(value)
+
+    for clip in _clips(Path(data), limit):
+        truth = np.load(clip / "gt.npz")
+        scene = json.loads((clip / "scene.json").read_text())
+        rgb = reconstruct(load_frames(clip / "rgb"))
+        score_perception(add, truth, {modality: reconstruct(load_frames(clip / modality)) for modality in PERCEIVED})
+        score_control(add, scene, truth, dict.fromkeys(CONTROLS, rgb))
+        if len(scene["objects"]) == 1:
+            score_text2video(add, scene, rgb, reconstruct(load_frames(clip / "segmentation")))
     return {name: float(np.mean(values)) for name, values in sorted(scores.items())}
 
 
@@ -266,6 +305,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--schedulers", nargs="+", default=["default"])
     parser.add_argument("--limit", type=int, help="evaluate only the first N clips")
     parser.add_argument("--guidance-scale", type=float, default=3.0, help="for control and text -> video")
+    parser.add_argument("--vae-ceiling", action="store_true",
+                        help="also score the model's VAE reconstructions of the true clips: what its VAE lets any transformer reach")
     parser.add_argument("--output", default="quality.json")
     args = parser.parse_args(argv)
     results = {"trivial": trivial_baselines(args.data, args.limit)}
@@ -275,6 +316,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.baseline_model:
         results["untrained"] = evaluate(args.baseline_model, args.data, args.steps[0], args.schedulers[0], args.limit,
                                        guidance_scale=args.guidance_scale)
+    if args.vae_ceiling:
+        results["vae_ceiling"] = vae_ceiling(args.model, args.data, args.limit)
     Path(args.output).write_text(json.dumps(results, indent=2))
     names = sorted({name for scores in results.values() for name in scores})
     print(f"{'metric':<32}" + "".join(f"{column:>22}" for column in results))
