@@ -152,37 +152,47 @@ def _array(frames) -> np.ndarray:
     return np.asarray(frames, dtype=np.float64)
 
 
+class Scores(dict):
+    """Per-clip values of each metric, averaged at the end."""
+
+    def add(self, name: str, value: float) -> None:
+        self.setdefault(name, []).append(value)
+
+    def means(self) -> dict[str, float]:
+        return {name: float(np.mean(values)) for name, values in sorted(self.items())}
+
+
 JOBS = ("perception", "control", "text2video")
 PERCEIVED = ("depth", "raft", "segmentation", "normal")
 CONTROLS = ("segmentation", "depth")
 
 
-def score_perception(add, truth, estimated: dict[str, np.ndarray]) -> None:
+def score_perception(scores: Scores, truth, estimated: dict[str, np.ndarray]) -> None:
     """`estimated`: each of PERCEIVED's modality videos for the clip, as visualisation frames in [0, 1]."""
     for name, value in depth_metrics(decode_depth(estimated["depth"]), truth["depth"]).items():
-        add(f"perception/depth_{name}", value)
+        scores.add(f"perception/depth_{name}", value)
     flow = decode_flow(estimated["raft"])
-    add("perception/flow_epe", flow_epe(flow, truth["flow"]))
-    add("perception/flow_epe_moving", flow_epe(flow, truth["flow"], moving_only=True))
-    add("perception/segmentation_iou", foreground_iou(decode_segmentation(estimated["segmentation"]) > 0, truth["labels"] > 0))
-    add("perception/normal_degrees", normal_error_degrees(estimated["normal"], truth["normal"]))
+    scores.add("perception/flow_epe", flow_epe(flow, truth["flow"]))
+    scores.add("perception/flow_epe_moving", flow_epe(flow, truth["flow"], moving_only=True))
+    scores.add("perception/segmentation_iou", foreground_iou(decode_segmentation(estimated["segmentation"]) > 0, truth["labels"] > 0))
+    scores.add("perception/normal_degrees", normal_error_degrees(estimated["normal"], truth["normal"]))
 
 
-def score_control(add, scene: dict, truth, controlled: dict[str, np.ndarray]) -> None:
+def score_control(scores: Scores, scene: dict, truth, controlled: dict[str, np.ndarray]) -> None:
     """`controlled`: the RGB video made from each of CONTROLS' modality videos of the clip."""
     for modality, frames in controlled.items():
-        add(f"control/{modality}_iou", foreground_iou(object_mask(frames, scene["background"]), truth["labels"] > 0))
+        scores.add(f"control/{modality}_iou", foreground_iou(object_mask(frames, scene["background"]), truth["labels"] > 0))
     if len(colours := _distinct_colours(scene)) > 1:
-        add("control/depth_layering_accuracy", layering_accuracy(controlled["depth"], truth["labels"], colours))
+        scores.add("control/depth_layering_accuracy", layering_accuracy(controlled["depth"], truth["labels"], colours))
 
 
-def score_text2video(add, scene: dict, frames: np.ndarray, segmentation: np.ndarray) -> None:
+def score_text2video(scores: Scores, scene: dict, frames: np.ndarray, segmentation: np.ndarray) -> None:
     """A one-object clip's prompt against the RGB video made from it, and that video against its segmentation."""
     read = read_object(frames, scene["background"])
     target = scene["objects"][0]
     for attribute in ("colour", "shape", "motion"):
-        add(f"text2video/{attribute}_accuracy", float(read[attribute] == target[attribute]))
-    add("joint/rgb_segmentation_kappa", mask_agreement(object_mask(frames, scene["background"]), decode_segmentation(segmentation) > 0))
+        scores.add(f"text2video/{attribute}_accuracy", float(read[attribute] == target[attribute]))
+    scores.add("joint/rgb_segmentation_kappa", mask_agreement(object_mask(frames, scene["background"]), decode_segmentation(segmentation) > 0))
 
 
 @torch.no_grad()
@@ -201,10 +211,7 @@ def evaluate(model: str | Path, data: str | Path, steps: int = 20, scheduler: st
     perception = UnityVideoPerceptionPipeline.from_pipe(pipe)
     control = UnityVideoControlPipeline.from_pipe(pipe)
     common = dict(height=64, width=64, num_inference_steps=steps)
-    scores: dict[str, list[float]] = {}
-
-    def add(name: str, value: float) -> None:
-        scores.setdefault(name, []).append(value)
+    scores = Scores()
 
     for clip in _clips(Path(data), limit):
         truth = np.load(clip / "gt.npz")
@@ -212,19 +219,19 @@ def evaluate(model: str | Path, data: str | Path, steps: int = 20, scheduler: st
         rgb = load_frames(clip / "rgb")
         generator = lambda: torch.Generator().manual_seed(seed)  # noqa: E731
         if "perception" in jobs:
-            score_perception(add, truth, {modality: _array(perception(video=rgb, modality=modality, generator=generator(),
+            score_perception(scores, truth, {modality: _array(perception(video=rgb, modality=modality, generator=generator(),
                                                                        **common).modality_frames[0])
                                           for modality in PERCEIVED})  # fmt: skip
         if "control" in jobs:
-            score_control(add, scene, truth, {
+            score_control(scores, scene, truth, {
                 modality: _array(control(scene_prompt(scene), control_video=load_frames(clip / modality), modality=modality,
                                          generator=generator(), guidance_scale=guidance_scale, **common).frames[0])
                 for modality in CONTROLS})  # fmt: skip
         if "text2video" in jobs and len(scene["objects"]) == 1:
             joint = pipe(scene_prompt(scene), modality="segmentation", num_frames=17, generator=generator(),
                          guidance_scale=guidance_scale, **common)  # fmt: skip
-            score_text2video(add, scene, _array(joint.frames[0]), _array(joint.modality_frames[0]))
-    return {name: float(np.mean(values)) for name, values in sorted(scores.items())}
+            score_text2video(scores, scene, _array(joint.frames[0]), _array(joint.modality_frames[0]))
+    return scores.means()
 
 
 @torch.no_grad()
@@ -241,20 +248,17 @@ def vae_ceiling(model: str | Path, data: str | Path, limit: int | None = None) -
         decoded = vae.decode(vae.encode(video).latent_dist.mode()).sample[0]
         return ((decoded.permute(1, 2, 3, 0).double().numpy() + 1) / 2).clip(0, 1)
 
-    scores: dict[str, list[float]] = {}
-
-    def add(name: str, value: float) -> None:
-        scores.setdefault(name, []).append(value)
+    scores = Scores()
 
     for clip in _clips(Path(data), limit):
         truth = np.load(clip / "gt.npz")
         scene = json.loads((clip / "scene.json").read_text())
         rgb = reconstruct(load_frames(clip / "rgb"))
-        score_perception(add, truth, {modality: reconstruct(load_frames(clip / modality)) for modality in PERCEIVED})
-        score_control(add, scene, truth, dict.fromkeys(CONTROLS, rgb))
+        score_perception(scores, truth, {modality: reconstruct(load_frames(clip / modality)) for modality in PERCEIVED})
+        score_control(scores, scene, truth, dict.fromkeys(CONTROLS, rgb))
         if len(scene["objects"]) == 1:
-            score_text2video(add, scene, rgb, reconstruct(load_frames(clip / "segmentation")))
-    return {name: float(np.mean(values)) for name, values in sorted(scores.items())}
+            score_text2video(scores, scene, rgb, reconstruct(load_frames(clip / "segmentation")))
+    return scores.means()
 
 
 def _distinct_colours(scene: dict) -> list[str]:
@@ -272,28 +276,28 @@ def scene_prompt(scene: dict) -> str:
 def trivial_baselines(data: str | Path, limit: int | None = None) -> dict:
     """What knowing nothing scores: constant depth, zero flow, no foreground, every normal facing the camera; chance
     for the layering, the prompt's colour, shape and motion and the RGB-segmentation agreement."""
-    scores: dict[str, list[float]] = {}
+    scores = Scores()
     for clip in _clips(Path(data), limit):
         truth = np.load(clip / "gt.npz")
         depth = truth["depth"]
         constant = np.full_like(depth, np.median(depth))
         ratio = np.maximum(constant / depth, depth / constant)
-        scores.setdefault("perception/depth_abs_rel", []).append(float(np.mean(np.abs(constant - depth) / depth)))
-        scores.setdefault("perception/depth_delta1", []).append(float(np.mean(ratio < 1.25)))
+        scores.add("perception/depth_abs_rel", float(np.mean(np.abs(constant - depth) / depth)))
+        scores.add("perception/depth_delta1", float(np.mean(ratio < 1.25)))
         still = np.zeros_like(truth["flow"])
-        scores.setdefault("perception/flow_epe", []).append(flow_epe(still, truth["flow"]))
-        scores.setdefault("perception/flow_epe_moving", []).append(flow_epe(still, truth["flow"], moving_only=True))
-        scores.setdefault("perception/segmentation_iou", []).append(foreground_iou(np.zeros_like(truth["labels"], bool), truth["labels"] > 0))
+        scores.add("perception/flow_epe", flow_epe(still, truth["flow"]))
+        scores.add("perception/flow_epe_moving", flow_epe(still, truth["flow"], moving_only=True))
+        scores.add("perception/segmentation_iou", foreground_iou(np.zeros_like(truth["labels"], bool), truth["labels"] > 0))
         facing = np.broadcast_to(np.array([0.5, 0.5, 1.0]), truth["normal"].shape)
-        scores.setdefault("perception/normal_degrees", []).append(normal_error_degrees(facing, truth["normal"]))
+        scores.add("perception/normal_degrees", normal_error_degrees(facing, truth["normal"]))
         scene = json.loads((clip / "scene.json").read_text())
         if len(colours := _distinct_colours(scene)) > 1:
-            scores.setdefault("control/depth_layering_accuracy", []).append(1 / len(colours))
-    scores["joint/rgb_segmentation_kappa"] = [0.0]
-    scores["text2video/colour_accuracy"] = [1 / len(COLOURS)]
-    scores["text2video/shape_accuracy"] = [1 / len(SHAPES)]
-    scores["text2video/motion_accuracy"] = [1 / len(MOTION_AXES)]
-    return {name: float(np.mean(values)) for name, values in sorted(scores.items())}
+            scores.add("control/depth_layering_accuracy", 1 / len(colours))
+    scores.add("joint/rgb_segmentation_kappa", 0.0)
+    scores.add("text2video/colour_accuracy", 1 / len(COLOURS))
+    scores.add("text2video/shape_accuracy", 1 / len(SHAPES))
+    scores.add("text2video/motion_accuracy", 1 / len(MOTION_AXES))
+    return scores.means()
 
 
 def main(argv: list[str] | None = None) -> None:
