@@ -254,10 +254,11 @@ def vae_ceiling(model: str | Path, data: str | Path, limit: int | None = None) -
         truth = np.load(clip / "gt.npz")
         scene = json.loads((clip / "scene.json").read_text())
         rgb = reconstruct(load_frames(clip / "rgb"))
-        score_perception(scores, truth, {modality: reconstruct(load_frames(clip / modality)) for modality in PERCEIVED})
+        modalities = {modality: reconstruct(load_frames(clip / modality)) for modality in PERCEIVED}
+        score_perception(scores, truth, modalities)
         score_control(scores, scene, truth, dict.fromkeys(CONTROLS, rgb))
         if len(scene["objects"]) == 1:
-            score_text2video(scores, scene, rgb, reconstruct(load_frames(clip / "segmentation")))
+            score_text2video(scores, scene, rgb, modalities["segmentation"])
     return scores.means()
 
 
