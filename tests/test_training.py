@@ -297,3 +297,18 @@ def test_compiled_blocks_train_like_eager_ones(world, tmp_path):
     assert finals["eager"].keys() == finals["compiled"].keys()
     for key, tensor in finals["eager"].items():
         assert torch.allclose(finals["compiled"][key], tensor, rtol=1e-4, atol=1e-5), key
+
+
+def test_max_minutes_stops_the_run_and_exports_what_it_reached(world, tmp_path):
+    """A time-budgeted run stops at the first step past `max_minutes`, with its last checkpoint, log line and export
+    at that step; resuming it continues towards max_steps."""
+    save = tmp_path / "run"
+    export = train(config_for(world, save, max_steps=10**6, checkpoint_every=10**6, max_minutes=1e-4), progress=False)
+    [checkpoint] = save.glob("checkpoint-*")
+    reached = int(checkpoint.name.split("-")[1])
+    assert 1 <= reached < 10**6
+    log = [json.loads(line) for line in (save / "train_log.jsonl").read_text().splitlines()]
+    assert log[-1]["step"] == reached - 1  # "step" of a log line: the step's index
+    assert (export / "unityvideo_extra_weights.safetensors").is_file()
+    with pytest.raises(ConfigError, match="max_minutes must be a positive number"):
+        config_for(world, save, max_minutes=0)

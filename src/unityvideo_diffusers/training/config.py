@@ -27,6 +27,7 @@ class TrainConfig:
     learning_rate: float = 1e-5  # the release's; the authors' script default is 5e-5
     max_epochs: int = 1
     max_steps: int | None = None  # optimizer steps; overrides max_epochs when set
+    max_minutes: float | None = None  # stop the loop after this long (then save and export as at the last step)
 
     # the authors' recipe (section 8 of the reference file)
     task_weights: dict[str, float] = field(default_factory=lambda: {"joint": 0.5, "perception": 0.25, "control": 0.25})
@@ -121,6 +122,8 @@ class TrainConfig:
             need(isinstance(value, int) and value >= 1, f"{name} must be a positive integer, got {value!r}")
         need(self.max_steps is None or (isinstance(self.max_steps, int) and self.max_steps >= 1),
              f"max_steps must be a positive integer or null, got {self.max_steps!r}")  # fmt: skip
+        need(self.max_minutes is None or (isinstance(self.max_minutes, (int, float)) and 0 < self.max_minutes < math.inf),
+             f"max_minutes must be a positive number or null, got {self.max_minutes!r}")  # fmt: skip
         for name in ("learning_rate", "max_grad_norm", "lora_alpha", "added_modules_lr_multiplier"):
             value = getattr(self, name)
             need(isinstance(value, (int, float)) and math.isfinite(value) and value > 0, f"{name} must be positive, got {value!r}")

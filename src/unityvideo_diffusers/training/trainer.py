@@ -261,6 +261,7 @@ def train(config: TrainConfig, extra_loss: Callable | None = None, progress: boo
     bar = tqdm(total=total_steps, initial=progress_state.step, desc="training", disable=not (progress and accelerator.is_main_process))
     device = accelerator.device
     started = time.perf_counter()
+    deadline = started + 60 * config.max_minutes if config.max_minutes else None
 
     # 4. The loop
     for step in range(progress_state.step, total_steps):
@@ -290,9 +291,13 @@ def train(config: TrainConfig, extra_loss: Callable | None = None, progress: boo
                 optimizer.zero_grad(set_to_none=True)
 
         progress_state.step = step + 1
+        if deadline is not None and time.perf_counter() > deadline:
+            accelerator.set_trigger()
+        out_of_time = deadline is not None and accelerator.check_trigger()  # every rank stops at the same step
+        last = out_of_time or progress_state.step == total_steps
         if ema is not None and progress_state.step % config.ema_every == 0:
             ema.step(trainable)
-        if log is not None and (step % config.log_every == 0 or progress_state.step == total_steps):
+        if log is not None and (step % config.log_every == 0 or last):
             record = {"step": step, "elapsed": round(time.perf_counter() - started, 3), "task": task.name,
                       "modality": modality, "lr": optimizer.param_groups[0]["lr"],
                       **{k: float(v.detach()) for k, v in losses.items()}, "grad_norm": float(grad_norm or 0)}  # fmt: skip
@@ -300,12 +305,15 @@ def train(config: TrainConfig, extra_loss: Callable | None = None, progress: boo
             log.flush()
         bar.update()
         bar.set_postfix(loss=f"{float(losses['loss'].detach()):.4f}", task=task.name, modality=modality)
-        if held_out_batches and (progress_state.step % config.held_out_loss_every == 0 or progress_state.step == total_steps):
+        if held_out_batches and (progress_state.step % config.held_out_loss_every == 0 or last):
             log_held_out()
-        if progress_state.step % config.checkpoint_every == 0 and progress_state.step < total_steps:
+        if progress_state.step % config.checkpoint_every == 0 and not last:
             _save_checkpoint(accelerator, save_path, progress_state.step, config.keep_last_checkpoints)
         if config.validation_every and progress_state.step % config.validation_every == 0 and accelerator.is_main_process:
             _validation_videos(accelerator.unwrap_model(transformer), config, modalities[0], progress_state.step)
+        if out_of_time:
+            logger.info("max_minutes reached after %d of %d steps.", progress_state.step, total_steps)
+            break
     bar.close()
 
     # 5. Export (and a last checkpoint, so the run can be extended), after checking the ranks agree
@@ -314,7 +322,7 @@ def train(config: TrainConfig, extra_loss: Callable | None = None, progress: boo
         (save_path / "rank_fingerprints.json").write_text(json.dumps(fingerprints))
     if len(set(fingerprints)) > 1:
         raise RuntimeError(f"The ranks' weights diverged: {fingerprints}")
-    _save_checkpoint(accelerator, save_path, total_steps, config.keep_last_checkpoints)
+    _save_checkpoint(accelerator, save_path, progress_state.step, config.keep_last_checkpoints)
     export = save_path / "final"
     if accelerator.is_main_process:
         model = accelerator.unwrap_model(transformer)
