@@ -7,8 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from unityvideo_diffusers import UnityVideoPerceptionPipeline
-from unityvideo_diffusers.data.demo_model import build
+from unityvideo_diffusers.data.demo_model import STREAMS, build, clip_tensors, object_weights
+from unityvideo_diffusers.data.shapesworld import WorldConfig, write_split
 
 
 def test_recipe_at_a_toy_budget(tmp_path):
@@ -33,3 +36,18 @@ def test_recipe_at_a_toy_budget(tmp_path):
     for run in ("joint", "single"):
         assert [step for step, _ in compared[run]["held_out_depth_loss"]] == [0, 1, 2, 3]
         assert 0 <= compared[run]["depth_delta1"] <= 1
+
+
+def test_vae_object_weights_cover_the_objects_and_zero_leaves_the_loss_unweighted(tmp_path):
+    csv_path = write_split(tmp_path, "train", 2, seed=0, config=WorldConfig(frames=5))
+    videos = clip_tensors(csv_path.parent, 5)
+    weights = object_weights(videos, 10.0)
+    assert len(weights) == len(videos) == 2 * len(STREAMS)
+    for clip in range(2):
+        labels = np.load(csv_path.parent / f"{clip:05d}" / "gt.npz")["labels"]
+        weight = weights[clip * len(STREAMS)][0].numpy()
+        assert weight.shape == labels.shape and set(np.unique(weight)) == {1.0, 11.0}
+        assert (weight[labels > 0] == 11).all()  # every object pixel, plus a one-pixel rim
+        assert (weight == 11).sum() < 2 * (labels > 0).sum() + 4 * labels.shape[0] * labels.shape[1]
+        assert all(w is weights[clip * len(STREAMS)] for w in weights[clip * len(STREAMS) : (clip + 1) * len(STREAMS)])
+    assert all((w == 1).all() for w in object_weights(videos, 0.0))
