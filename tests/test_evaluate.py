@@ -11,6 +11,7 @@ from unityvideo_diffusers.data.evaluate import (
     layering_accuracy,
     mask_agreement,
     normal_error_degrees,
+    largest_region,
     object_mask,
     read_object,
     trivial_baselines,
@@ -49,6 +50,19 @@ def test_the_reader_recovers_colour_shape_and_motion_from_true_frames():
         ious.append(foreground_iou(object_mask(truth["rgb"], scene.background), truth["labels"] > 0))
     rates = {k: v / trials for k, v in hits.items()}
     assert rates["colour"] > 0.95 and rates["shape"] > 0.8 and rates["motion"] > 0.8 and np.mean(ious) > 0.9, (rates, np.mean(ious))
+
+
+def test_the_reader_ignores_stray_pixels_off_the_object():
+    config = WorldConfig(height=64, width=64, frames=17, min_objects=1, max_objects=1)
+    rng = np.random.default_rng(3)
+    scene = next(s for s in (sample_scene(rng, config, "train") for _ in range(100)) if s.objects[0].shape == "cube")
+    frames = render(scene, config)["rgb"]
+    frames[:, 1, 1] = frames[:, 62, 62] = (1.0, 0.0, 1.0)  # two specks in opposite corners
+    assert read_object(frames, scene.background)["shape"] == "cube"
+    mask = np.zeros((8, 8), bool)
+    mask[1:4, 1:3] = mask[6, 6] = mask[6:8, 0] = True
+    assert largest_region(mask).sum() == 6 and largest_region(mask)[1:4, 1:3].all()
+    assert not largest_region(np.zeros((4, 4), bool)).any()
 
 
 def test_trivial_baselines(tmp_path):
