@@ -112,6 +112,8 @@ def layering_accuracy(frames: np.ndarray, labels: np.ndarray, colours: list[str]
 
 def largest_region(mask: np.ndarray) -> np.ndarray:
     """The largest 4-connected region of a boolean (H, W) mask (all False when the mask is)."""
+    if not mask.any():
+        return mask
     labels = np.where(mask, np.arange(1, mask.size + 1).reshape(mask.shape), 0)
     while True:  # every pixel takes the largest label among itself and its neighbours, until nothing changes
         padded = np.pad(labels, 1)
@@ -119,8 +121,6 @@ def largest_region(mask: np.ndarray) -> np.ndarray:
         if np.array_equal(spread, labels):
             break
         labels = spread
-    if not mask.any():
-        return mask
     names, sizes = np.unique(labels[mask], return_counts=True)
     return labels == names[sizes.argmax()]
 
@@ -128,7 +128,7 @@ def largest_region(mask: np.ndarray) -> np.ndarray:
 def read_object(frames: np.ndarray, background: str) -> dict:
     """Colour, shape and motion of the (single) object in generated frames, read from each frame's largest
     connected region off the background: stray pixels elsewhere would stretch its bounding box and shift its centre
-    (one is enough to turn a triangle's fill ratio into a ball's)."""
+    (one is enough to turn a cube's fill ratio into a triangle's)."""
     mask = np.stack([largest_region(frame_mask) for frame_mask in object_mask(frames, background)])
     if mask.sum() < 10:
         return {"colour": None, "shape": None, "motion": None}
