@@ -109,6 +109,8 @@ def test_the_trainer_reads_it(world):
         (dict(frames=1), "flow needs a next frame"),
         (dict(min_objects=3, max_objects=2), "min_objects <= max_objects"),
         (dict(min_size=0.5, max_size=0.9), "max_size <= 0.6"),
+        (dict(min_size=0.3, max_size=0.45), "min_size < large_from <= max_size"),
+        (dict(x_range=(0.7, 0.3)), "x_range must be"),
         (dict(held_out=(("pink", "ball"),)), "not a colour x shape"),
     ],
 )

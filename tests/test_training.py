@@ -288,15 +288,22 @@ def test_extra_loss_hook_is_added(world, tmp_path):
 
 
 def test_compiled_blocks_train_like_eager_ones(world, tmp_path):
-    """`compile_blocks` compiles in place: same checkpoint names, and weights equal to an eager run's up to the
-    compiler's reordering of float operations."""
-    finals = {}
+    """`compile_blocks` compiles in place: same checkpoint names, the same losses step by step as an eager run up to
+    the compiler's reordering of float operations, and weights within what that reordering can move them: Adam's
+    first updates are about +-lr per weight whatever the gradient's size, so a gradient near zero may flip sign."""
+    finals, losses = {}, {}
+    steps, learning_rate = 3, 1e-3
     for name, compiled in (("eager", False), ("compiled", True)):
-        train(config_for(world, tmp_path / name, training_mode="full", max_steps=2, ema_decay=0.0, compile_blocks=compiled), progress=False)
-        finals[name] = load_file(tmp_path / name / "checkpoint-0000002" / "trainable_weights.safetensors")
+        save = tmp_path / name
+        train(config_for(world, save, training_mode="full", max_steps=steps, ema_decay=0.0, compile_blocks=compiled,
+                         learning_rate=learning_rate, log_every=1), progress=False)  # fmt: skip
+        finals[name] = load_file(save / f"checkpoint-{steps:07d}" / "trainable_weights.safetensors")
+        losses[name] = [json.loads(line)["loss"] for line in (save / "train_log.jsonl").read_text().splitlines()]
+    assert len(losses["eager"]) == steps
+    assert losses["compiled"] == pytest.approx(losses["eager"], rel=1e-4)
     assert finals["eager"].keys() == finals["compiled"].keys()
     for key, tensor in finals["eager"].items():
-        assert torch.allclose(finals["compiled"][key], tensor, rtol=1e-4, atol=1e-5), key
+        assert (finals["compiled"][key] - tensor).abs().max() <= 2 * steps * learning_rate * 10, key  # 10: added modules' lr
 
 
 def test_max_minutes_stops_the_run_and_exports_what_it_reached(world, tmp_path):

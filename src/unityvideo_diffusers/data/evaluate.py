@@ -288,7 +288,8 @@ def _distinct_colours(scene: dict) -> list[str]:
 def scene_prompt(scene: dict) -> str:
     from .shapesworld import Scene, SceneObject
 
-    return Scene(background=scene["background"], objects=[SceneObject(**o) for o in scene["objects"]]).prompt()
+    objects = [SceneObject(**o) for o in scene["objects"]]
+    return Scene(background=scene["background"], objects=objects, large_from=scene.get("large_from", 0.27)).prompt()
 
 
 def trivial_baselines(data: str | Path, limit: int | None = None) -> dict:

@@ -49,6 +49,9 @@ class WorldConfig:
     max_objects: int = 2
     min_size: float = 0.2  # object radius at depth 1, as a fraction of the image height
     max_size: float = 0.35
+    large_from: float = 0.27  # prompts call objects of this size and up "large", smaller ones "small"
+    x_range: tuple[float, float] = (0.25, 0.75)  # where an object's centre starts, as fractions of the width
+    y_range: tuple[float, float] = (0.3, 0.7)  # ... and of the height
     held_out: tuple[tuple[str, str], ...] = (("red", "cube"), ("green", "triangle"), ("blue", "ball"), ("yellow", "cube"))
 
     def validate(self) -> None:
@@ -61,6 +64,12 @@ class WorldConfig:
             problems.append(f"need 1 <= min_objects <= max_objects <= 4, got {self.min_objects}, {self.max_objects}")
         if not 0.05 <= self.min_size <= self.max_size <= 0.6:
             problems.append(f"need 0.05 <= min_size <= max_size <= 0.6 of the height, got {self.min_size}, {self.max_size}")
+        if not self.min_size < self.large_from <= self.max_size:
+            problems.append(f"need min_size < large_from <= max_size (both words must occur), got {self.large_from}")
+        for name in ("x_range", "y_range"):
+            low, high = getattr(self, name)
+            if not 0 <= low <= high <= 1:
+                problems.append(f"{name} must be (low, high) with 0 <= low <= high <= 1, got {getattr(self, name)}")
         for colour, shape in self.held_out:
             if colour not in COLOURS or shape not in SHAPES:
                 problems.append(f"held_out pair ({colour!r}, {shape!r}) is not a colour x shape of this world")
@@ -86,11 +95,12 @@ class SceneObject:
 class Scene:
     background: str
     objects: list[SceneObject] = field(default_factory=list)
+    large_from: float = 0.27  # the world's size word threshold (WorldConfig.large_from)
 
     def prompt(self) -> str:
         parts = []
         for obj in sorted(self.objects, key=lambda o: o.depth):
-            size = "small" if obj.size < 0.27 else "large"
+            size = "small" if obj.size < self.large_from else "large"
             parts.append(f"a {size} {obj.colour} {obj.shape} {obj.motion}")
         return " and ".join(parts) + f" in front of a {self.background} wall"
 
@@ -107,10 +117,11 @@ def sample_scene(rng: np.random.Generator, config: WorldConfig, split: str) -> S
     for colour, shape in pairs:
         objects.append(SceneObject(
             shape=shape, colour=colour, size=float(rng.uniform(config.min_size, config.max_size)),
-            x=float(rng.uniform(0.25, 0.75)), y=float(rng.uniform(0.3, 0.7)), depth=float(rng.uniform(1.5, 3.0)),
+            x=float(rng.uniform(*config.x_range)), y=float(rng.uniform(*config.y_range)), depth=float(rng.uniform(1.5, 3.0)),
             motion=MOTIONS[int(rng.integers(len(MOTIONS)))], speed=float(rng.uniform(0.2, 0.4)),
         ))  # fmt: skip
-    return Scene(background=list(BACKGROUNDS)[int(rng.integers(len(BACKGROUNDS)))], objects=objects)
+    return Scene(background=list(BACKGROUNDS)[int(rng.integers(len(BACKGROUNDS)))], objects=objects,
+                 large_from=config.large_from)
 
 
 def _position(obj: SceneObject, time: float) -> tuple[float, float, float]:
