@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-import numpy as np
+import json
 
+import numpy as np
+import torch
+
+from unityvideo_diffusers import UnityVideoPipeline
 from unityvideo_diffusers.data.evaluate import (
+    Scores,
     depth_metrics,
     flow_epe,
     foreground_iou,
@@ -14,9 +19,12 @@ from unityvideo_diffusers.data.evaluate import (
     normal_error_degrees,
     object_mask,
     read_object,
+    score_word_reading,
+    swapped_scene,
     trivial_baselines,
 )
 from unityvideo_diffusers.data.shapesworld import WorldConfig, render, sample_scene, visualise, write_split
+from unityvideo_diffusers.testing import tiny_pipeline_components
 
 
 def test_metrics_are_exact_on_the_truth():
@@ -94,3 +102,25 @@ def test_mask_agreement_is_one_on_equal_masks_and_zero_when_either_is_constant_o
     everything = np.ones_like(mask)
     assert mask_agreement(everything, everything) == 0.0 and mask_agreement(mask, everything) == 0.0
     assert abs(mask_agreement(mask, rng.random(mask.shape) < 0.3)) < 0.05
+
+
+def test_word_reading_is_zero_exactly_when_the_model_ignores_the_prompt(tmp_path):
+    write_split(tmp_path, "eval", 1, 0, WorldConfig(min_objects=1, max_objects=1, frames=5))
+    clip = tmp_path / "eval" / "00000"
+    scene = json.loads((clip / "scene.json").read_text())
+    for attribute in ("colour", "shape", "motion"):
+        swapped = swapped_scene(scene, attribute, torch.Generator().manual_seed(0))
+        assert swapped["objects"][0][attribute] != scene["objects"][0][attribute]
+        assert {k: v for k, v in swapped["objects"][0].items() if k != attribute} == {k: v for k, v in scene["objects"][0].items() if k != attribute}
+    pipe = UnityVideoPipeline(**tiny_pipeline_components())
+
+    def reading() -> dict:
+        scores = Scores()
+        score_word_reading(scores, pipe, scene, clip, torch.Generator().manual_seed(0))
+        return scores.means()
+
+    assert all(abs(value) > 1e-4 for value in reading().values())
+    for block in pipe.transformer.blocks:  # no cross-attention output: the text cannot reach the video
+        torch.nn.init.zeros_(block.attn2.to_out[0].weight)
+        torch.nn.init.zeros_(block.attn2.to_out[0].bias)
+    assert all(value == 0 for value in reading().values())
