@@ -4,8 +4,8 @@ The floors sit between what the model measures on these clips (10 steps, seed 0)
 predictor and the untrained model, so a pipeline or codec change that breaks the model fails here. Measured on the
 three clips (model / trivial / untrained): depth AbsRel 0.222 / 0.465 / 0.379, delta1 0.733 / 0.625 / 0.268,
 segmentation IoU 0.509 / 0 / 0.114, normal error 6.2 / 26.4 / 108.8 degrees; control IoU (segmentation, depth)
-0.530, 0.538 / - / 0.100, 0.100; on the one-object clips colour accuracy 0.667 / 0.143 / 0 and RGB-segmentation
-kappa 0.306 / 0 / -0.017."""
+0.530, 0.538 / - / 0.100, 0.100; on the one-object clips colour accuracy 0.667 / 0.143 / 0, RGB-segmentation
+kappa 0.306 / 0 / -0.017 and colour word reading 0.136 / 0 / 0.00002."""
 
 from __future__ import annotations
 
@@ -82,6 +82,7 @@ def test_control_follows_the_control_video(held_out):
 def test_generation_follows_the_prompt_colour_and_its_segmentation_agrees(held_out_single_objects):
     scores = evaluate(DEMO_MODEL, held_out_single_objects, steps=10, jobs=("text2video",))
     assert scores["text2video/colour_accuracy"] > 0.5 and scores["joint/rgb_segmentation_kappa"] > 0.15, scores
+    assert scores["text2video/colour_word_reading"] > 0.05, scores
 
 
 def test_the_vae_ceiling_scores_reconstructions_of_the_truth(held_out, held_out_single_objects):
