@@ -326,8 +326,7 @@ def _distinct_colours(scene: dict) -> list[str]:
 def scene_prompt(scene: dict) -> str:
     from .shapesworld import Scene, SceneObject
 
-    objects = [SceneObject(**o) for o in scene["objects"]]
-    return Scene(background=scene["background"], objects=objects, large_from=scene.get("large_from", 0.27)).prompt()
+    return Scene(**{**scene, "objects": [SceneObject(**o) for o in scene["objects"]]}).prompt()  # scene.json is asdict(Scene)
 
 
 def trivial_baselines(data: str | Path, limit: int | None = None) -> dict:

@@ -37,6 +37,7 @@ SHAPES = ("ball", "cube", "triangle")
 MOTIONS = ("slides left", "slides right", "rises", "falls", "bounces", "approaches", "recedes")
 BACKGROUNDS = {"grey": (0.55, 0.55, 0.58), "beige": (0.78, 0.72, 0.6), "teal": (0.35, 0.55, 0.58), "dark": (0.22, 0.22, 0.26)}
 MODALITY_COLUMNS = ("depth", "raft", "segmentation", "normal", "edge")
+LARGE_FROM = 0.27  # default size (radius at depth 1) from which prompts say "large" rather than "small"
 LIGHT = np.array([-0.4, -0.5, -0.77]) / np.linalg.norm([-0.4, -0.5, -0.77])  # towards a light up-left, in front
 
 
@@ -49,7 +50,7 @@ class WorldConfig:
     max_objects: int = 2
     min_size: float = 0.2  # object radius at depth 1, as a fraction of the image height
     max_size: float = 0.35
-    large_from: float = 0.27  # prompts call objects of this size and up "large", smaller ones "small"
+    large_from: float = LARGE_FROM  # prompts call objects of this size and up "large", smaller ones "small"
     x_range: tuple[float, float] = (0.25, 0.75)  # where an object's centre starts, as fractions of the width
     y_range: tuple[float, float] = (0.3, 0.7)  # ... and of the height
     held_out: tuple[tuple[str, str], ...] = (("red", "cube"), ("green", "triangle"), ("blue", "ball"), ("yellow", "cube"))
@@ -95,7 +96,7 @@ class SceneObject:
 class Scene:
     background: str
     objects: list[SceneObject] = field(default_factory=list)
-    large_from: float = 0.27  # the world's size word threshold (WorldConfig.large_from)
+    large_from: float = LARGE_FROM  # its world's WorldConfig.large_from
 
     def prompt(self) -> str:
         parts = []
