@@ -68,6 +68,13 @@ def test_recipe_math():
     assert torch.allclose(streams.rgb, (1 - t) * rgb + t * noise, atol=1e-6)
     losses = stream_losses((streams.rgb_target, modality), streams)
     assert losses.keys() == {"rgb_loss", "loss"} and losses["loss"] == 0
+    error = (torch.randn(2, 4, 2, 2, 2) - streams.rgb_target) ** 2
+    uniform = stream_losses((streams.rgb_target + error.sqrt(), modality), streams, torch.full((2, 1, 2, 2, 2), 3.0))
+    assert uniform["rgb_loss"] == pytest.approx(float(error.mean()), rel=1e-5)  # a weighted mean: uniform weights change nothing
+    only_first = torch.zeros(2, 1, 2, 2, 2)
+    only_first[0] = 1
+    weighted = stream_losses((streams.rgb_target + error.sqrt(), modality), streams, only_first)
+    assert weighted["rgb_loss"] == pytest.approx(float(error[0].mean()), rel=1e-5)
     assert lr_factor(0, 10, 100, 0.1) == 0.1 and lr_factor(10, 10, 100, 0.1) == 1.0
     assert abs(lr_factor(100, 10, 100, 0.1) - 0.1) < 1e-9 and lr_factor(50, 0, 100, 1.0) == 1.0
 
@@ -79,12 +86,13 @@ def test_bad_configs_are_named_before_loading_anything(tmp_path):
     with pytest.raises(ConfigError, match=r"Unknown key 'learning_rte'; did you mean 'learning_rate'\?"):
         TrainConfig.from_dict({"learning_rte": 1e-4})
     config_file = tmp_path / "train.yaml"
-    config_file.write_text("model_path: nowhere\ndataset_path: nothing.csv\nnum_frames: 16\ntraining_mode: qlora\nbatch_size: 0\n")
+    config_file.write_text("model_path: nowhere\ndataset_path: nothing.csv\nnum_frames: 16\ntraining_mode: qlora\nbatch_size: 0\n"
+                           "foreground_loss_weight: -1\n")
     with pytest.raises(ConfigError) as error:
         TrainConfig.from_yaml(config_file)
     message = str(error.value)
     for expected in ("dataset_path nothing.csv is not a file", "num_frames must be 4k+1", "training_mode must be 'lora' or 'full'",
-                     "batch_size must be a positive integer"):  # fmt: skip
+                     "batch_size must be a positive integer", "foreground_loss_weight must be a finite number >= 0"):  # fmt: skip
         assert expected in message
 
 
@@ -285,6 +293,46 @@ def test_extra_loss_hook_is_added(world, tmp_path):
     log = [json.loads(line) for line in (tmp_path / "extra" / "train_log.jsonl").read_text().splitlines()]
     assert len(calls) == 2 and all(record["extra"] == 1.0 for record in log)
     assert all(abs(record["loss"] - 1.0 - record.get("rgb_loss", 0) - record.get("modality_loss", 0)) < 1e-5 for record in log)
+
+
+def test_foreground_loss_weight_weights_the_latents_over_objects(world, tmp_path):
+    """With a segmentation column the cache keeps each clip's object mask at the latent grid, and
+    `foreground_loss_weight` w makes each stream's loss the mean of its squared velocity error weighted 1 + w there."""
+    data, rng, rows = tmp_path / "data", np.random.default_rng(1), []
+    for i in range(2):
+        segmentation = np.zeros((9, 64, 64, 3))
+        segmentation[:, 16:32, 16 * i : 16 * i + 16] = 1.0  # white: instance 1; the tiny VAE's latent pixel is 16 x 16
+        save_video(rng.random((9, 64, 64, 3)), data / f"rgb{i}")
+        save_video(segmentation, data / f"segmentation{i}")
+        rows.append({"video": f"rgb{i}", "prompt": f"clip {i}", "segmentation": f"segmentation{i}"})
+    with open(data / "metadata.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["video", "prompt", "segmentation"])
+        writer.writeheader()
+        writer.writerows(rows)
+    expected_losses = []
+
+    def weighted_mean(transformer, batch, prediction, streams, task):
+        weight = 1 + 4.0 * batch["foreground"][:, None].float()
+        pairs = (("rgb_loss", prediction[0], streams.rgb_target), ("modality_loss", prediction[1], streams.modality_target))
+        expected_losses.append({name: float((weight * (predicted.detach() - target) ** 2).sum() / weight.expand_as(target).sum())
+                                for name, predicted, target in pairs if target is not None})  # fmt: skip
+        return 0.0 * prediction[0].sum()
+
+    save = tmp_path / "run"
+    train(config_for(world, save, dataset_path=str(data / "metadata.csv"), max_steps=3, ema_decay=0.0, log_every=1,
+                     foreground_loss_weight=4.0), extra_loss=weighted_mean, progress=False)  # fmt: skip
+    from unityvideo_diffusers.training.data import LatentCache
+
+    for i in range(2):
+        expected_mask = torch.zeros(3, 4, 4, dtype=torch.bool)
+        expected_mask[:, 1, i] = True
+        assert torch.equal(LatentCache(save / "latent_cache").sample(i)["foreground"], expected_mask)
+    log = [json.loads(line) for line in (save / "train_log.jsonl").read_text().splitlines()]
+    assert len(log) == len(expected_losses) == 3
+    for record, expected in zip(log, expected_losses):
+        assert expected and all(record[name] == pytest.approx(value, rel=1e-5) for name, value in expected.items())
+    with pytest.raises(ConfigError, match="it has no foreground masks"):  # the world's CSV has no segmentation column
+        train(config_for(world, tmp_path / "no_masks", max_steps=1, foreground_loss_weight=1.0), progress=False)
 
 
 def test_compiled_blocks_train_like_eager_ones(world, tmp_path):

@@ -36,6 +36,7 @@ class TrainConfig:
     timestep_distribution: str = "logit_normal"  # or "uniform"
     timestep_shift: float = 5.0
     prompt_dropout: float = 0.1
+    foreground_loss_weight: float = 0.0  # extra loss weight where the segmentation video shows an object (0: off, the authors')
     added_modules_lr_multiplier: float = 10.0  # control encoder, modality head, identity and option tables
     lr_warmup_steps: int = 200
     lr_min_ratio: float = 0.1  # cosine decay to this fraction of the peak; 1.0 = constant (the release)
@@ -113,6 +114,8 @@ class TrainConfig:
         need(self.timestep_distribution in ("logit_normal", "uniform"), "timestep_distribution must be 'logit_normal' or 'uniform'")
         need(self.timestep_shift > 0, "timestep_shift must be positive")
         need(0 <= self.prompt_dropout < 1, "prompt_dropout must be in [0, 1)")
+        need(isinstance(self.foreground_loss_weight, (int, float)) and 0 <= self.foreground_loss_weight < math.inf,
+             f"foreground_loss_weight must be a finite number >= 0, got {self.foreground_loss_weight!r}")
         need(self.training_mode in ("lora", "full"), f"training_mode must be 'lora' or 'full', got {self.training_mode!r}")
         need(self.mixed_precision in ("no", "bf16", "fp16"), "mixed_precision must be 'no', 'bf16' or 'fp16'")
         need(self.optimizer in ("adamw", "adamw8bit"), "optimizer must be 'adamw' or 'adamw8bit'")

@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
@@ -108,6 +109,8 @@ class LatentCache:
                 pixels = torch.cat([pipe.video_processor.preprocess_video(frames[n], height=height, width=width) for n in names])
                 latents = pipe.encode_video(pixels, device).cpu()
                 tensors = {"rgb" if n == "rgb" else f"modality.{n}": latent.clone() for n, latent in zip(names, latents)}
+                if "segmentation" in frames:
+                    tensors["foreground"] = foreground_mask(frames["segmentation"], tuple(latents.shape[-3:]))
                 tensors["prompt_embeds"] = self._encode_trimmed(pipe, row.prompt, max_sequence_length, device)
                 _save_atomic(tensors, path)
             usable.append(row.index)
@@ -116,7 +119,7 @@ class LatentCache:
             prompts[f"modality.{name}"] = pipe.encode_modality_prompt([name], max_sequence_length, device, torch.float32)[0].cpu()
         _save_atomic(prompts, self.folder / "prompts.safetensors")
         index = {"usable": usable, "skipped": skipped, "modalities": modalities, "max_sequence_length": max_sequence_length,
-                 "video_shape": [num_frames, height, width]}  # fmt: skip
+                 "video_shape": [num_frames, height, width], "foreground_masks": "segmentation" in modalities}  # fmt: skip
         temporary = self.index_path.with_suffix(".partial")
         temporary.write_text(json.dumps(index, indent=2))
         os.replace(temporary, self.index_path)
@@ -145,9 +148,29 @@ def check_cache_fits(index: dict, index_path: Path, modalities: list[str], confi
         problems.append(f"it was encoded at frames x height x width {index['video_shape']}, this run wants {wanted}")
     if config.max_sequence_length not in (None, index["max_sequence_length"]):
         problems.append(f"its prompts were cut at {index['max_sequence_length']} tokens, this run's at {config.max_sequence_length}")
+    if config.foreground_loss_weight and not index.get("foreground_masks"):
+        problems.append("it has no foreground masks, which foreground_loss_weight needs (they are cached from a "
+                        "segmentation column, by this version or later)")
     if problems:
         raise ConfigError(f"The latent cache {index_path.parent} does not fit this run: " + "; ".join(problems)
                           + ". Give another `latent_cache` folder (or none, to encode into save_path).")  # fmt: skip
+
+
+def foreground_mask(segmentation: list, latent_grid: tuple[int, int, int]) -> torch.Tensor:
+    """(T, H, W) mask of the latents that cover an object (any pixel off the palette's background, label 0) in
+    `segmentation` frames, at the causal VAE's grid: latent frame 0 is frame 0, each later one the next group of
+    (frames - 1) / (T - 1) frames."""
+    from ..modalities import decode_segmentation
+
+    objects = torch.from_numpy(decode_segmentation(np.stack([np.asarray(frame) for frame in segmentation])) > 0)
+    frames, (latent_frames, latent_height, latent_width) = len(objects), latent_grid
+    groups = [objects[:1]]
+    if latent_frames > 1:
+        step = (frames - 1) // (latent_frames - 1)
+        groups += [objects[1 + i * step : 1 + (i + 1) * step] for i in range(latent_frames - 1)]
+    per_latent_frame = torch.stack([group.any(0) for group in groups]).float()
+    kernel = (objects.shape[1] // latent_height, objects.shape[2] // latent_width)
+    return torch.nn.functional.max_pool2d(per_latent_frame[:, None], kernel)[:, 0].bool()
 
 
 def pad_tokens(embeds: torch.Tensor, length: int) -> torch.Tensor:

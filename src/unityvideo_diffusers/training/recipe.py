@@ -47,15 +47,28 @@ def noise_streams(task: Task, rgb: torch.Tensor, modality: torch.Tensor, t: torc
     return NoisedStreams(rgb, modality, rgb_target, modality_target)
 
 
-def stream_losses(prediction: tuple[torch.Tensor, torch.Tensor], streams: NoisedStreams) -> dict[str, torch.Tensor]:
-    """Mean squared error of each supervised stream's velocity (`rgb_loss`, `modality_loss`); `loss` is their sum."""
+def stream_losses(prediction: tuple[torch.Tensor, torch.Tensor], streams: NoisedStreams,
+                  weight: torch.Tensor | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
+    """Mean squared error of each supervised stream's velocity (`rgb_loss`, `modality_loss`); `loss` is their sum.
+    `weight`, broadcastable to the latents (e.g. (B, 1, T, H, W)), makes it a weighted mean: sum(w e^2) / sum(w),
+    so a uniform weight changes nothing."""
     losses = {}
     pairs = (("rgb_loss", prediction[0], streams.rgb_target), ("modality_loss", prediction[1], streams.modality_target))
     for name, predicted, target in pairs:
         if target is not None:
-            losses[name] = torch.mean((predicted.float() - target.float()) ** 2)
+            error = (predicted.float() - target.float()) ** 2
+            if weight is None:
+                losses[name] = torch.mean(error)
+            else:
+                weights = weight.to(error).expand_as(error)
+                losses[name] = (weights * error).sum() / weights.sum()
     losses["loss"] = sum(losses.values())
     return losses
+
+
+def foreground_weight(foreground: torch.Tensor, extra: float) -> torch.Tensor:
+    """(B, T, H, W) object mask at the latent grid -> (B, 1, T, H, W) loss weight 1 + `extra` on the objects."""
+    return (1 + extra * foreground.float())[:, None]
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:

@@ -29,7 +29,7 @@ from ..models import UnityVideoTransformer3DModel
 from ..tasks import resolve_task
 from .config import ConfigError, TrainConfig
 from .data import LatentCache, check_cache_fits, modality_columns, pad_tokens, read_metadata
-from .recipe import lr_factor, noise_streams, sample_timesteps, stream_losses
+from .recipe import foreground_weight, lr_factor, noise_streams, sample_timesteps, stream_losses
 
 logger = logging.getLogger(__name__)
 
@@ -281,7 +281,10 @@ def train(config: TrainConfig, extra_loss: Callable | None = None, progress: boo
                 )  # fmt: skip
                 streams.rgb_target = None if streams.rgb_target is None else streams.rgb_target.to(device)
                 streams.modality_target = None if streams.modality_target is None else streams.modality_target.to(device)
-                losses = stream_losses(prediction, streams)
+                weight = None
+                if "foreground" in batch:
+                    weight = foreground_weight(batch["foreground"], config.foreground_loss_weight).to(device)
+                losses = stream_losses(prediction, streams, weight)
                 if extra_loss is not None:
                     losses["extra"] = extra_loss(transformer, batch, prediction, streams, task)
                     losses["loss"] = losses["loss"] + losses["extra"]
@@ -414,7 +417,12 @@ def _collate(cache: LatentCache, prompts: dict, rows: list[int], modality: str, 
     length = config.max_sequence_length
     dropped = torch.rand(len(rows), generator=generator) < config.prompt_dropout
     texts = [prompts["empty"] if drop else sample["prompt_embeds"] for drop, sample in zip(dropped, samples)]
+    extra = {}
+    if config.foreground_loss_weight:  # a row without a segmentation video is weighted uniformly
+        grid = samples[0]["rgb"].shape[-3:]
+        extra["foreground"] = torch.stack([s.get("foreground", torch.zeros(grid, dtype=torch.bool)) for s in samples])
     return {
+        **extra,
         "rgb": torch.stack([s["rgb"] for s in samples]),
         "modality": torch.stack([s[f"modality.{modality}"] for s in samples]),
         "prompt_embeds": torch.stack([pad_tokens(text, length) for text in texts]).to(device),
