@@ -417,17 +417,16 @@ def _collate(cache: LatentCache, prompts: dict, rows: list[int], modality: str, 
     length = config.max_sequence_length
     dropped = torch.rand(len(rows), generator=generator) < config.prompt_dropout
     texts = [prompts["empty"] if drop else sample["prompt_embeds"] for drop, sample in zip(dropped, samples)]
-    extra = {}
-    if config.foreground_loss_weight:  # a row without a segmentation video is weighted uniformly
-        grid = samples[0]["rgb"].shape[-3:]
-        extra["foreground"] = torch.stack([s.get("foreground", torch.zeros(grid, dtype=torch.bool)) for s in samples])
-    return {
-        **extra,
+    batch = {
         "rgb": torch.stack([s["rgb"] for s in samples]),
         "modality": torch.stack([s[f"modality.{modality}"] for s in samples]),
         "prompt_embeds": torch.stack([pad_tokens(text, length) for text in texts]).to(device),
         "modality_prompt_embeds": pad_tokens(prompts[f"modality.{modality}"][: length], length).expand(len(rows), -1, -1).to(device),
     }
+    if config.foreground_loss_weight:  # a row without a segmentation video is weighted uniformly
+        grid = batch["rgb"].shape[-3:]
+        batch["foreground"] = torch.stack([s.get("foreground", torch.zeros(grid, dtype=torch.bool)) for s in samples])
+    return batch
 
 
 @torch.no_grad()
