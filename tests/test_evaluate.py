@@ -74,10 +74,28 @@ def test_the_reader_ignores_stray_pixels_off_the_object():
 
 
 def test_trivial_baselines(tmp_path):
-    write_split(tmp_path, "eval", 3, 0, WorldConfig(height=32, width=32, frames=5))
+    write_split(tmp_path, "eval", 4, 0, WorldConfig(height=32, width=32, frames=5, min_objects=1, max_objects=1))
     scores = trivial_baselines(tmp_path / "eval")
     assert scores["perception/segmentation_iou"] == 0.0 and scores["perception/flow_epe"] >= 0
-    assert 0 < scores["perception/depth_abs_rel"] < 1 and scores["text2video/colour_accuracy"] == 1 / 7
+    assert 0 < scores["perception/depth_abs_rel"] < 1
+    scenes = [json.loads((clip / "scene.json").read_text()) for clip in sorted((tmp_path / "eval").glob("0*"))]
+    for attribute in ("colour", "shape", "motion"):  # one constant answer, scored class-balanced
+        used = {scene["objects"][0][attribute] for scene in scenes}
+        assert scores[f"text2video/{attribute}_accuracy"] == 1 / len(used)
+
+
+def test_accuracy_is_class_balanced_so_a_constant_answer_gains_nothing_from_a_majority():
+    always_cube, right_once_each = Scores(), Scores()
+    for shape in ("cube", "cube", "cube", "ball", "triangle"):
+        always_cube.add("shape_accuracy", float(shape == "cube"), group=shape)
+    for shape, correct in (("cube", 1), ("cube", 0), ("ball", 1), ("triangle", 1)):
+        right_once_each.add("shape_accuracy", float(correct), group=shape)
+    assert always_cube.means()["shape_accuracy"] == 1 / 3  # plain accuracy: 0.6
+    assert right_once_each.means()["shape_accuracy"] == (0.5 + 1 + 1) / 3
+    plain = Scores()
+    for value in (1.0, 0.0, 0.0):
+        plain.add("iou", value)
+    assert plain.means()["iou"] == 1 / 3
 
 
 def test_layering_accuracy_is_high_on_the_truth_and_chance_when_objects_swap():
