@@ -85,13 +85,13 @@ def test_trivial_baselines(tmp_path):
 
 
 def test_accuracy_is_class_balanced_so_a_constant_answer_gains_nothing_from_a_majority():
-    always_cube, right_once_each = Scores(), Scores()
+    always_cube, half_the_cubes_and_the_rest = Scores(), Scores()
     for shape in ("cube", "cube", "cube", "ball", "triangle"):
         always_cube.add("shape_accuracy", float(shape == "cube"), group=shape)
     for shape, correct in (("cube", 1), ("cube", 0), ("ball", 1), ("triangle", 1)):
-        right_once_each.add("shape_accuracy", float(correct), group=shape)
+        half_the_cubes_and_the_rest.add("shape_accuracy", float(correct), group=shape)
     assert always_cube.means()["shape_accuracy"] == 1 / 3  # plain accuracy: 0.6
-    assert right_once_each.means()["shape_accuracy"] == (0.5 + 1 + 1) / 3
+    assert half_the_cubes_and_the_rest.means()["shape_accuracy"] == (0.5 + 1 + 1) / 3
     plain = Scores()
     for value in (1.0, 0.0, 0.0):
         plain.add("iou", value)
