@@ -18,6 +18,7 @@ from unityvideo_diffusers.data.evaluate import (
     mask_agreement,
     normal_error_degrees,
     object_mask,
+    of_jobs,
     read_object,
     score_word_reading,
     swapped_scene,
@@ -82,6 +83,17 @@ def test_trivial_baselines(tmp_path):
     for attribute in ("colour", "shape", "motion"):  # one constant answer, scored class-balanced
         used = {scene["objects"][0][attribute] for scene in scenes}
         assert scores[f"text2video/{attribute}_accuracy"] == 1 / len(used)
+
+
+def test_scores_can_be_kept_to_the_jobs_asked_for(tmp_path):
+    """`--jobs text2video` keeps text adherence and the joint agreement (read from the same generated clip) only."""
+    write_split(tmp_path, "eval", 2, 0, WorldConfig(height=32, width=32, frames=5))
+    scores = trivial_baselines(tmp_path / "eval")
+    text = of_jobs(scores, ("text2video",))
+    assert "joint/rgb_segmentation_kappa" in text and "text2video/colour_accuracy" in text
+    assert all(name.startswith(("text2video/", "joint/")) for name in text)
+    assert of_jobs(scores, ("perception", "control", "text2video")) == scores
+    assert set(of_jobs(scores, ("perception",))) == {name for name in scores if name.startswith("perception/")} != set()
 
 
 def test_accuracy_is_class_balanced_so_a_constant_answer_gains_nothing_from_a_majority():

@@ -40,6 +40,16 @@ def test_same_seed_same_files(world, tmp_path):
     assert digest(tmp_path / "other" / "train") != digest(world / "train")
 
 
+def test_the_command_writes_one_split_of_one_object_scenes(tmp_path):
+    from unityvideo_diffusers.data.shapesworld import main
+
+    main(["--output", str(tmp_path), "--train", "0", "--eval", "3", "--size", "32", "--frames", "5",
+          "--min-objects", "1", "--max-objects", "1"])  # fmt: skip
+    assert not (tmp_path / "train").exists()
+    scenes = [json.loads(path.read_text()) for path in sorted((tmp_path / "eval").glob("*/scene.json"))]
+    assert len(scenes) == 3 and all(len(scene["objects"]) == 1 for scene in scenes)
+
+
 def test_held_out_compositions(world):
     held = {tuple(pair) for pair in CONFIG.held_out}
     for split, expect_held in (("train", False), ("eval", True)):

@@ -301,6 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--limit", type=int, help="only the first N clips")
     evaluation.add_argument("--guidance-scale", type=float, default=3.0, help="for control and text -> video")
     evaluation.add_argument("--vae-ceiling", action="store_true", help="also score the model's VAE reconstructions of the true clips")
+    evaluation.add_argument("--jobs", nargs="+", choices=["perception", "control", "text2video"],
+                            help="score only these (default: all three)")
     evaluation.add_argument("--output", default="quality.json")
     evaluation.set_defaults(run=_eval)
 
@@ -331,6 +333,7 @@ def _eval(args: argparse.Namespace) -> str:
     argv += ["--baseline-model", args.baseline_model] if args.baseline_model else []
     argv += ["--limit", str(args.limit)] if args.limit else []
     argv += ["--vae-ceiling"] if args.vae_ceiling else []
+    argv += ["--jobs", *args.jobs] if args.jobs else []
     evaluate(argv)
     return f"Wrote {args.output}."
 

@@ -364,6 +364,11 @@ def trivial_baselines(data: str | Path, limit: int | None = None) -> dict:
     return scores.means()
 
 
+def of_jobs(scores: dict[str, float], jobs: tuple[str, ...]) -> dict[str, float]:
+    """The scores of `jobs` only; a metric's job is its name's prefix, and "joint/" belongs to text2video."""
+    return {name: value for name, value in scores.items() if name.split("/")[0].replace("joint", "text2video") in jobs}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="the trained pipeline folder")
@@ -375,17 +380,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--guidance-scale", type=float, default=3.0, help="for control and text -> video")
     parser.add_argument("--vae-ceiling", action="store_true",
                         help="also score the model's VAE reconstructions of the true clips: what its VAE lets any transformer reach")
+    parser.add_argument("--jobs", nargs="+", choices=JOBS, default=list(JOBS),
+                        help="score only these (text2video includes the joint RGB-modality agreement)")
     parser.add_argument("--output", default="quality.json")
     args = parser.parse_args(argv)
-    results = {"trivial": trivial_baselines(args.data, args.limit)}
+    jobs = tuple(args.jobs)
+    results = {"trivial": of_jobs(trivial_baselines(args.data, args.limit), jobs)}
     for scheduler in args.schedulers:
         for steps in args.steps:
-            results[f"model/{scheduler}/{steps}"] = evaluate(args.model, args.data, steps, scheduler, args.limit, guidance_scale=args.guidance_scale)
+            results[f"model/{scheduler}/{steps}"] = evaluate(args.model, args.data, steps, scheduler, args.limit, jobs=jobs,
+                                                             guidance_scale=args.guidance_scale)  # fmt: skip
     if args.baseline_model:
         results["untrained"] = evaluate(args.baseline_model, args.data, args.steps[0], args.schedulers[0], args.limit,
-                                       guidance_scale=args.guidance_scale)
+                                       jobs=jobs, guidance_scale=args.guidance_scale)  # fmt: skip
     if args.vae_ceiling:
-        results["vae_ceiling"] = vae_ceiling(args.model, args.data, args.limit)
+        results["vae_ceiling"] = of_jobs(vae_ceiling(args.model, args.data, args.limit), jobs)
     Path(args.output).write_text(json.dumps(results, indent=2))
     names = sorted({name for scores in results.values() for name in scores})
     print(f"{'metric':<32}" + "".join(f"{column:>22}" for column in results))

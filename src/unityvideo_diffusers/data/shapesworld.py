@@ -281,15 +281,19 @@ def write_split(output: str | os.PathLike, split: str, count: int, seed: int, co
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", required=True)
-    parser.add_argument("--train", type=int, default=400, help="training clips")
-    parser.add_argument("--eval", type=int, default=40, help="held-out evaluation clips")
+    parser.add_argument("--train", type=int, default=400, help="training clips (0: no training split)")
+    parser.add_argument("--eval", type=int, default=40, help="held-out evaluation clips (0: no eval split)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--frames", type=int, default=17)
     parser.add_argument("--size", type=int, default=64, help="height = width")
+    parser.add_argument("--min-objects", type=int, default=WorldConfig.min_objects)
+    parser.add_argument("--max-objects", type=int, default=WorldConfig.max_objects)
     args = parser.parse_args(argv)
-    config = WorldConfig(height=args.size, width=args.size, frames=args.frames)
+    config = WorldConfig(height=args.size, width=args.size, frames=args.frames, min_objects=args.min_objects,
+                         max_objects=args.max_objects)  # fmt: skip
     for split, count in (("train", args.train), ("eval", args.eval)):
-        print(f"Wrote {write_split(args.output, split, count, args.seed, config)}")
+        if count:
+            print(f"Wrote {write_split(args.output, split, count, args.seed, config)}")
 
 
 if __name__ == "__main__":
