@@ -48,6 +48,9 @@ def test_the_command_writes_one_split_of_one_object_scenes(tmp_path):
     assert not (tmp_path / "train").exists()
     scenes = [json.loads(path.read_text()) for path in sorted((tmp_path / "eval").glob("*/scene.json"))]
     assert len(scenes) == 3 and all(len(scene["objects"]) == 1 for scene in scenes)
+    with pytest.raises(SystemExit):
+        main(["--output", str(tmp_path / "none"), "--train", "0", "--eval", "0"])
+    assert not (tmp_path / "none").exists()
 
 
 def test_held_out_compositions(world):

@@ -289,6 +289,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--min-objects", type=int, default=WorldConfig.min_objects)
     parser.add_argument("--max-objects", type=int, default=WorldConfig.max_objects)
     args = parser.parse_args(argv)
+    if min(args.train, args.eval) < 0 or not args.train + args.eval:
+        parser.error(f"--train and --eval must be >= 0 and not both 0, got {args.train} and {args.eval}")
     config = WorldConfig(height=args.size, width=args.size, frames=args.frames, min_objects=args.min_objects,
                          max_objects=args.max_objects)  # fmt: skip
     for split, count in (("train", args.train), ("eval", args.eval)):
