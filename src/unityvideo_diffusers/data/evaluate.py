@@ -295,10 +295,10 @@ def evaluate(model: str | Path, data: str | Path, steps: int = 20, scheduler: st
 
 
 @torch.no_grad()
-def vae_ceiling(model: str | Path, data: str | Path, limit: int | None = None) -> dict:
-    """The metrics of `evaluate` scored on the model's VAE reconstructions of the true clips in place of generated
-    ones: what a perfect transformer would score through this VAE, i.e. which metrics the VAE, not the transformer,
-    caps. (For control, the reconstructed RGB video stands for the one made from the control.)"""
+def vae_ceiling(model: str | Path, data: str | Path, limit: int | None = None, jobs: tuple[str, ...] = JOBS) -> dict:
+    """The metrics of `evaluate` (of `jobs` only) scored on the model's VAE reconstructions of the true clips in place
+    of generated ones: what a perfect transformer would score through this VAE, i.e. which metrics the VAE, not the
+    transformer, caps. (For control, the reconstructed RGB video stands for the one made from the control.)"""
     from diffusers import AutoencoderKLWan
 
     vae = AutoencoderKLWan.from_pretrained(model, subfolder="vae").eval()
@@ -314,10 +314,14 @@ def vae_ceiling(model: str | Path, data: str | Path, limit: int | None = None) -
         truth = np.load(clip / "gt.npz")
         scene = json.loads((clip / "scene.json").read_text())
         rgb = reconstruct(load_frames(clip / "rgb"))
-        modalities = {modality: reconstruct(load_frames(clip / modality)) for modality in PERCEIVED}
-        score_perception(scores, truth, modalities)
-        score_control(scores, scene, truth, dict.fromkeys(CONTROLS, rgb))
-        if len(scene["objects"]) == 1:
+        text = "text2video" in jobs and len(scene["objects"]) == 1
+        needed = PERCEIVED if "perception" in jobs else ("segmentation",) if text else ()
+        modalities = {modality: reconstruct(load_frames(clip / modality)) for modality in needed}
+        if "perception" in jobs:
+            score_perception(scores, truth, modalities)
+        if "control" in jobs:
+            score_control(scores, scene, truth, dict.fromkeys(CONTROLS, rgb))
+        if text:
             score_text2video(scores, scene, rgb, modalities["segmentation"])
     return scores.means()
 
@@ -394,7 +398,7 @@ def main(argv: list[str] | None = None) -> None:
         results["untrained"] = evaluate(args.baseline_model, args.data, args.steps[0], args.schedulers[0], args.limit,
                                        jobs=jobs, guidance_scale=args.guidance_scale)  # fmt: skip
     if args.vae_ceiling:
-        results["vae_ceiling"] = of_jobs(vae_ceiling(args.model, args.data, args.limit), jobs)
+        results["vae_ceiling"] = vae_ceiling(args.model, args.data, args.limit, jobs)
     Path(args.output).write_text(json.dumps(results, indent=2))
     names = sorted({name for scores in results.values() for name in scores})
     print(f"{'metric':<32}" + "".join(f"{column:>22}" for column in results))
