@@ -17,6 +17,7 @@ import sys
 import pytest
 
 from unityvideo_diffusers import DEMO_MODEL
+from unityvideo_diffusers.data.demo_model import WORLD
 from unityvideo_diffusers.data.evaluate import evaluate, vae_ceiling
 from unityvideo_diffusers.data.shapesworld import WorldConfig, write_split
 from unityvideo_diffusers.video_io import load_frames
@@ -59,13 +60,13 @@ def held_out_clips(folder, config: WorldConfig, count: int = 3):
 
 @pytest.fixture(scope="module")
 def held_out(tmp_path_factory):
-    return held_out_clips(tmp_path_factory.mktemp("world"), WorldConfig())
+    return held_out_clips(tmp_path_factory.mktemp("world"), WorldConfig(**WORLD))
 
 
 @pytest.fixture(scope="module")
 def held_out_single_objects(tmp_path_factory):
     """Text adherence is read from one-object scenes (the reader cannot tell whose colour is whose)."""
-    return held_out_clips(tmp_path_factory.mktemp("single"), WorldConfig(min_objects=1, max_objects=1), count=8)
+    return held_out_clips(tmp_path_factory.mktemp("single"), WorldConfig(**WORLD, min_objects=1, max_objects=1), count=8)
 
 
 def test_perception_beats_trivial_predictors_by_far(held_out):

@@ -297,7 +297,8 @@ def test_extra_loss_hook_is_added(world, tmp_path):
 
 def test_foreground_loss_weight_weights_the_latents_over_objects(world, tmp_path):
     """With a segmentation column the cache keeps each clip's object mask at the latent grid, and
-    `foreground_loss_weight` w makes each stream's loss the mean of its squared velocity error weighted 1 + w there."""
+    `foreground_loss_weight` w makes the RGB stream's loss the mean of its squared velocity error weighted 1 + w there;
+    the modality stream's stays the plain mean."""
     data, rng, rows = tmp_path / "data", np.random.default_rng(1), []
     for i in range(2):
         segmentation = np.zeros((9, 64, 64, 3))
@@ -312,10 +313,11 @@ def test_foreground_loss_weight_weights_the_latents_over_objects(world, tmp_path
     expected_losses = []
 
     def weighted_mean(transformer, batch, prediction, streams, task):
-        weight = 1 + 4.0 * batch["foreground"][:, None].float()
-        pairs = (("rgb_loss", prediction[0], streams.rgb_target), ("modality_loss", prediction[1], streams.modality_target))
+        weighted = 1 + 4.0 * batch["foreground"][:, None].float()
+        pairs = (("rgb_loss", prediction[0], streams.rgb_target, weighted),
+                 ("modality_loss", prediction[1], streams.modality_target, torch.ones(())))  # fmt: skip
         expected_losses.append({name: float((weight * (predicted.detach() - target) ** 2).sum() / weight.expand_as(target).sum())
-                                for name, predicted, target in pairs if target is not None})  # fmt: skip
+                                for name, predicted, target, weight in pairs if target is not None})  # fmt: skip
         return 0.0 * prediction[0].sum()
 
     save = tmp_path / "run"

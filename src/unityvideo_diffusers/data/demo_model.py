@@ -2,18 +2,22 @@
 
     python -m unityvideo_diffusers.data.demo_model --output models/shapesworld-demo
 
-1. ShapesWorld data (17 frames at 64 x 64; the held-out colour x shape pairs stay out of training).
-2. A byte-level BPE tokenizer fitted to the world's prompts, and a small UMT5 text encoder left at its seeded random
-   initialisation: the vocabulary is closed and tiny, so fixed random contextual features already separate every
-   prompt, and the transformer's text projection learns to read them.
-3. A Wan2.2-style VAE (residual, patch 2), cut to 8x spatial and 4x temporal with 16 channels, trained on every
-   stream's frames. Wan2.2's residual blocks carry parameter-free space-to-channel shortcuts, so the untrained VAE
-   already starts near a pixel (un)shuffle: here it trains 2.3x faster per step than a Wan2.1-style stack of the same
-   width and reaches in 1000 steps a loss the Wan2.1 stack had not reached after 500 (it was at 0.42, and spiking).
-   8x rather than Wan2.2's 16x: at 64 x 64, 16x leaves 2 x 2 tokens per frame after the transformer's patch, too
-   coarse for objects a few pixels wide; 8x keeps 4 x 4. The pipelines take either VAE from its config.
-4. A small UnityVideoTransformer3DModel for ShapesWorld's modalities, trained with the multi-task recipe
-   (`unityvideo_diffusers.training`), exported from its EMA weights.
+1. ShapesWorld data (17 frames at 64 x 64, objects of 0.3-0.45 of the height; the held-out colour x shape pairs stay
+   out of training).
+2. A byte-level BPE tokenizer fitted to the world's prompts (texts padded to 32 tokens), and a small UMT5 text encoder
+   at its seeded random initialisation with each attention head fixed on one neighbouring token: the vocabulary is
+   closed and tiny, so fixed random contextual features already separate every prompt, and the transformer's text
+   projection learns to read them; the fixed heads tie each colour word to the shape word beside it.
+3. A Wan2.2-style VAE (residual blocks), cut to 4x spatial and 2x temporal with 16 channels, trained on every stream's
+   frames with its loss weighted towards the objects. Wan2.2's residual blocks carry parameter-free space-to-channel
+   shortcuts, so the untrained VAE already starts near a pixel (un)shuffle: it trains 2.3x faster per step than a
+   Wan2.1-style stack of the same width. 4x spatial because at 8x a 10-pixel cube or triangle came back as a blob;
+   2x temporal because Wan's 4x smeared a moving object over its four frames (the frame reader recovered shape and
+   motion from 0.61 and 0.56 of true clips' reconstructions), and 1x, 17 latent frames, made a transformer step 2.3x
+   slower. The pipelines take any such VAE from its config.
+4. A small UnityVideoTransformer3DModel for ShapesWorld's modalities (patch 1 x 4 x 4: 4 x 4 tokens per latent
+   frame), trained with the multi-task recipe (`unityvideo_diffusers.training`), its loss weighted towards the
+   objects and its blocks compiled, until the budget runs out; exported from its EMA weights.
 
 `--minutes` is the whole budget; the VAE gets `--vae-share` of it and the transformer the rest.
 """
@@ -39,6 +43,12 @@ TRANSFORMER = dict(num_attention_heads=4, attention_head_dim=24, num_layers=4, f
                    text_dim=64, freq_dim=64, modalities=["depth", "raft", "segmentation", *NEW_MODALITIES])  # fmt: skip
 VAE = dict(base_dim=16, z_dim=16, dim_mult=[1, 2, 2], num_res_blocks=1, temperal_downsample=[True, True], is_residual=True,
            in_channels=12, out_channels=12, patch_size=2, scale_factor_spatial=8, scale_factor_temporal=4)  # fmt: skip
+# Starts near the middle and fast motion: the motion word then says where the object is in every frame, and a slide
+# crosses two of the transformer's 16-pixel tokens (at the default speeds, about one: it learned none of them).
+WORLD = dict(height=64, width=64, frames=17, min_size=0.3, max_size=0.45, large_from=0.375, x_range=(0.4, 0.6),
+             y_range=(0.4, 0.6), speed_range=(0.4, 0.6))
+TEXT_TOKENS = 32  # the world's longest prompt has 19; padding to Wan's 512 made half of a step cross-attention to pads
+NEIGHBOUR_OFFSETS = (0, -1, 1, 2)  # the text encoder's heads, each fixed on the token at this offset
 STREAMS = ("rgb", *MODALITY_COLUMNS)
 SAMPLING = {"steps": 20, "guidance_scale": 3.0}  # the CLI's defaults for this model, chosen with `unityvideo eval`
 
@@ -53,7 +63,31 @@ def fit_tokenizer(prompts: list[str]):
     trainer = trainers.BpeTrainer(vocab_size=512, special_tokens=["<pad>", "</s>", "<unk>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
     tokenizer.train_from_iterator(prompts, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+                                   model_max_length=TEXT_TOKENS)  # fmt: skip
+
+
+def local_text_encoder(vocab_size: int, seed: int):
+    """A small UMT5 encoder at its seeded initialisation, except that each attention head of every layer looks only
+    at one neighbour (`NEIGHBOUR_OFFSETS`), through its relative-position bias.
+
+    At plain random initialisation the encoder mixes nothing: a word's output has cosine 1.000 to itself whatever its
+    neighbours ("ball" in "red ball and blue cube" and in "blue ball and red cube"), so the transformer cannot tell
+    which colour belongs to which object. Fixed neighbour heads make each word's feature carry the words beside it."""
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    torch.manual_seed(seed)
+    config = UMT5Config(vocab_size=vocab_size, d_model=TRANSFORMER["text_dim"], d_kv=16, d_ff=128, num_layers=2,
+                        num_heads=len(NEIGHBOUR_OFFSETS), relative_attention_num_buckets=16, pad_token_id=0, eos_token_id=1)  # fmt: skip
+    encoder = UMT5EncoderModel(config).eval()
+    with torch.no_grad():
+        for block in encoder.encoder.block:
+            attention = block.layer[0].SelfAttention
+            buckets = attention._relative_position_bucket(torch.tensor(NEIGHBOUR_OFFSETS))
+            bias = torch.full_like(attention.relative_attention_bias.weight, -30.0)  # e^-30: no weight off the neighbour
+            bias[buckets, torch.arange(len(NEIGHBOUR_OFFSETS))] = 0.0
+            attention.relative_attention_bias.weight.copy_(bias)
+    return encoder
 
 
 def clip_tensors(csv_root: Path, frames: int) -> list[torch.Tensor]:
@@ -164,21 +198,24 @@ def latent_statistics(vae, videos: list[torch.Tensor]) -> tuple[list[float], lis
     return latents.mean(dim=(0, 2)).tolist(), latents.std(dim=(0, 2)).clamp_min(1e-3).tolist()
 
 
-def time_training_step(transformer, batch_size: int, frames: int, size: int) -> float:
-    """Seconds of one forward + backward of `transformer` on a joint batch of the world's size (median of 3)."""
+def time_training_step(transformer, vae, batch_size: int, frames: int, size: int) -> float:
+    """Seconds of one forward + backward of `transformer`, its blocks compiled as in training, on a joint batch of the
+    world's size (median of 3 after the compiling ones)."""
     import copy
 
     model = copy.deepcopy(transformer).train()
+    model.compile_repeated_blocks()
     config = model.config
-    shape = (batch_size, config.in_channels, (frames - 1) // 4 + 1, size // 8, size // 8)
-    text = torch.randn(batch_size, 512, config.text_dim)
+    latent_size = size // vae.config.scale_factor_spatial
+    shape = (batch_size, config.in_channels, (frames - 1) // vae.config.scale_factor_temporal + 1, latent_size, latent_size)
+    text = torch.randn(batch_size, TEXT_TOKENS, config.text_dim)
     times = []
-    for _ in range(4):
+    for _ in range(6):
         start = time.perf_counter()
         out = model(torch.randn(shape), torch.rand(batch_size) * 1000, text, torch.randn(shape), text, modality="depth")
         (out.sample.square().mean() + out.modality_sample.square().mean()).backward()
         times.append(time.perf_counter() - start)
-    return sorted(times[1:])[1] * 1.15  # + the optimizer step and data
+    return sorted(times[3:])[1] * 1.15  # + the optimizer step and data
 
 
 def train_config(work: Path, save_path: Path, steps: int, **overrides):
@@ -190,25 +227,24 @@ def train_config(work: Path, save_path: Path, steps: int, **overrides):
                   save_path=str(save_path), training_mode="full", max_steps=steps, num_frames=17, height=64, width=64,
                   batch_size=4, learning_rate=5e-4, lr_warmup_steps=min(200, steps // 10), lr_min_ratio=0.1,
                   gradient_checkpointing=False, checkpoint_every=max(100, steps // 10), ema_decay=0.999, ema_every=1,
-                  new_modalities=NEW_MODALITIES, log_every=25)  # fmt: skip
+                  new_modalities=NEW_MODALITIES, log_every=25, compile_blocks=True, foreground_loss_weight=10.0)  # fmt: skip
     return TrainConfig(**{**values, **overrides})
 
 
 def build(output: str | Path, minutes: float = 75.0, vae_share: float = 0.4, train_clips: int = 400, eval_clips: int = 40,
-          seed: int = 0, work: str | Path | None = None, vae_object_weight: float = 0.0, log=print) -> Path:  # fmt: skip
+          seed: int = 0, work: str | Path | None = None, vae_object_weight: float = 10.0, log=print) -> Path:  # fmt: skip
     """Run the whole recipe; returns the demo pipeline folder."""
     from diffusers import UniPCMultistepScheduler
-    from transformers import UMT5Config, UMT5EncoderModel
-
     from ..models import UnityVideoTransformer3DModel
     from ..pipelines import UnityVideoPipeline
     from ..training import train
+    from ..training.trainer import latest_checkpoint
 
     started = time.perf_counter()
     budget = minutes * 60
     output = Path(output)
     work = Path(work) if work else output.with_name(output.name + ".work")
-    world = WorldConfig(height=64, width=64, frames=17)
+    world = WorldConfig(**WORLD)
     csv_path = write_split(work / "shapesworld", "train", train_clips, seed, world)
     write_split(work / "shapesworld", "eval", eval_clips, seed, world)
     log(f"data: {csv_path} ({time.perf_counter() - started:.0f} s)")
@@ -217,10 +253,7 @@ def build(output: str | Path, minutes: float = 75.0, vae_share: float = 0.4, tra
 
     prompts = [row["prompt"] for row in csv.DictReader(open(csv_path))] + [""] + [p for p in NEW_MODALITIES.values()]
     tokenizer = fit_tokenizer(prompts)
-    torch.manual_seed(seed)
-    text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=len(tokenizer), d_model=TRANSFORMER["text_dim"], d_kv=16, d_ff=128,
-                                               num_layers=2, num_heads=4, relative_attention_num_buckets=16,
-                                               pad_token_id=0, eos_token_id=1)).eval()  # fmt: skip
+    text_encoder = local_text_encoder(len(tokenizer), seed)
 
     videos = clip_tensors(csv_path.parent, world.frames)
     vae, vae_steps = train_vae(videos, vae_share * budget - (time.perf_counter() - started), seed,
@@ -236,7 +269,7 @@ def build(output: str | Path, minutes: float = 75.0, vae_share: float = 0.4, tra
     UnityVideoPipeline(tokenizer=tokenizer, text_encoder=text_encoder, transformer=transformer, vae=vae,
                        scheduler=scheduler).save_pretrained(initial)  # fmt: skip
 
-    seconds_per_step = time_training_step(transformer, batch_size=4, frames=world.frames, size=world.height)
+    seconds_per_step = time_training_step(transformer, vae, batch_size=4, frames=world.frames, size=world.height)
     # the trainer encodes the data once (loading, cropping, every stream in one VAE call, text): time one clip's worth
     start = time.perf_counter()
     with torch.no_grad():
@@ -249,8 +282,10 @@ def build(output: str | Path, minutes: float = 75.0, vae_share: float = 0.4, tra
     log(f"transformer: about {seconds_per_step:.3f} s/step; training {steps} steps")
 
     run = work / "run"
-    config = train_config(work, run, steps)
+    # the clock stops the loop if this machine turns out slower than the timing said
+    config = train_config(work, run, steps, max_minutes=max(0.05, (budget - (time.perf_counter() - started) - 60) / 60))
     train(config, progress=True)
+    trained_steps = int(latest_checkpoint(run).name.removeprefix("checkpoint-"))
 
     exported = run / "final_ema"
     pipe = UnityVideoPipeline.from_pretrained(initial)
@@ -259,8 +294,8 @@ def build(output: str | Path, minutes: float = 75.0, vae_share: float = 0.4, tra
         shutil.rmtree(output)
     pipe.save_pretrained(output)
     (output / "recipe.json").write_text(json.dumps({
-        "minutes": minutes, "vae_steps": vae_steps, "vae_object_weight": vae_object_weight, "vae_psnr_db": vae_psnr, "transformer_steps": steps, "seed": seed, "train_clips": train_clips,
-        "seconds": round(time.perf_counter() - started), "world": {"height": 64, "width": 64, "frames": 17},
+        "minutes": minutes, "vae_steps": vae_steps, "vae_object_weight": vae_object_weight, "vae_psnr_db": vae_psnr, "transformer_steps": trained_steps, "seed": seed, "train_clips": train_clips,
+        "seconds": round(time.perf_counter() - started), "world": {k: WORLD[k] for k in ("height", "width", "frames")},
         "sampling": SAMPLING,
         "exported_from": str(exported.relative_to(work)),
     }, indent=2))  # fmt: skip
@@ -276,8 +311,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--vae-share", type=float, default=0.4)
     parser.add_argument("--train-clips", type=int, default=400)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--vae-object-weight", type=float, default=0.0,
-                        help="extra loss weight of the VAE on object pixels (0: unweighted, as the bundled model)")
+    parser.add_argument("--vae-object-weight", type=float, default=10.0,
+                        help="extra loss weight of the VAE on and next to the objects (0: unweighted)")
     args = parser.parse_args(argv)
     if not 0 < args.vae_share < 1 or args.minutes <= 0 or not math.isfinite(args.minutes):
         parser.error("--minutes must be positive and --vae-share in (0, 1).")

@@ -53,6 +53,7 @@ class WorldConfig:
     large_from: float = LARGE_FROM  # prompts call objects of this size and up "large", smaller ones "small"
     x_range: tuple[float, float] = (0.25, 0.75)  # where an object's centre starts, as fractions of the width
     y_range: tuple[float, float] = (0.3, 0.7)  # ... and of the height
+    speed_range: tuple[float, float] = (0.2, 0.4)  # how far an object slides, rises or falls in a clip, fraction of the frame
     held_out: tuple[tuple[str, str], ...] = (("red", "cube"), ("green", "triangle"), ("blue", "ball"), ("yellow", "cube"))
 
     def validate(self) -> None:
@@ -67,7 +68,7 @@ class WorldConfig:
             problems.append(f"need 0.05 <= min_size <= max_size <= 0.6 of the height, got {self.min_size}, {self.max_size}")
         if not self.min_size < self.large_from <= self.max_size:
             problems.append(f"need min_size < large_from <= max_size (both words must occur), got {self.large_from}")
-        for name in ("x_range", "y_range"):
+        for name in ("x_range", "y_range", "speed_range"):
             low, high = getattr(self, name)
             if not 0 <= low <= high <= 1:
                 problems.append(f"{name} must be (low, high) with 0 <= low <= high <= 1, got {getattr(self, name)}")
@@ -119,7 +120,7 @@ def sample_scene(rng: np.random.Generator, config: WorldConfig, split: str) -> S
         objects.append(SceneObject(
             shape=shape, colour=colour, size=float(rng.uniform(config.min_size, config.max_size)),
             x=float(rng.uniform(*config.x_range)), y=float(rng.uniform(*config.y_range)), depth=float(rng.uniform(1.5, 3.0)),
-            motion=MOTIONS[int(rng.integers(len(MOTIONS)))], speed=float(rng.uniform(0.2, 0.4)),
+            motion=MOTIONS[int(rng.integers(len(MOTIONS)))], speed=float(rng.uniform(*config.speed_range)),
         ))  # fmt: skip
     return Scene(background=list(BACKGROUNDS)[int(rng.integers(len(BACKGROUNDS)))], objects=objects,
                  large_from=config.large_from)
@@ -138,7 +139,7 @@ def _position(obj: SceneObject, time: float) -> tuple[float, float, float]:
     elif obj.motion == "falls":
         y += travel
     elif obj.motion == "bounces":
-        y -= obj.speed * abs(math.sin(2 * math.pi * time))
+        y -= 0.5 * obj.speed * abs(math.sin(2 * math.pi * time))  # twice up and down: half the height keeps it in view
     elif obj.motion == "approaches":
         depth *= 1 - 0.4 * time
     elif obj.motion == "recedes":

@@ -48,13 +48,15 @@ def noise_streams(task: Task, rgb: torch.Tensor, modality: torch.Tensor, t: torc
 
 
 def stream_losses(prediction: tuple[torch.Tensor, torch.Tensor], streams: NoisedStreams,
-                  weight: torch.Tensor | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
+                  rgb_weight: torch.Tensor | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
     """Mean squared error of each supervised stream's velocity (`rgb_loss`, `modality_loss`); `loss` is their sum.
-    `weight`, broadcastable to the latents (e.g. (B, 1, T, H, W)), makes it a weighted mean: sum(w e^2) / sum(w),
-    so a uniform weight changes nothing."""
+    `rgb_weight`, broadcastable to the latents (e.g. (B, 1, T, H, W)), makes the RGB stream's a weighted mean:
+    sum(w e^2) / sum(w), so a uniform weight changes nothing. The modality stream stays uniform: what the prompt
+    describes is the video's objects, while an estimate is judged on every pixel, background included."""
     losses = {}
-    pairs = (("rgb_loss", prediction[0], streams.rgb_target), ("modality_loss", prediction[1], streams.modality_target))
-    for name, predicted, target in pairs:
+    pairs = (("rgb_loss", prediction[0], streams.rgb_target, rgb_weight),
+             ("modality_loss", prediction[1], streams.modality_target, None))  # fmt: skip
+    for name, predicted, target, weight in pairs:
         if target is not None:
             error = (predicted.float() - target.float()) ** 2
             if weight is None:
