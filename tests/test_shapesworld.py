@@ -97,6 +97,19 @@ def test_flow_carries_objects_to_the_next_frame():
     assert len(errors) > 50 and np.median(errors) < 0.3 and np.percentile(errors, 90) < 1.0, (len(errors), np.median(errors), max(errors))
 
 
+def test_speed_range_sets_how_far_objects_travel():
+    """A slide covers its speed's share of the frame; a bounce rises half as far, so a fast one stays in view."""
+    config = WorldConfig(min_objects=1, max_objects=1, x_range=(0.5, 0.5), y_range=(0.6, 0.6), speed_range=(0.5, 0.5))
+    travelled = {}
+    for motion in ("slides left", "bounces"):
+        scene = sample_scene(np.random.default_rng(1), config, "train")
+        scene.objects[0].motion = motion
+        centres = [np.argwhere(frame > 0).mean(axis=0) for frame in render(scene, config)["labels"]]
+        travelled[motion] = np.ptp(np.array(centres), axis=0) / config.height  # (rows, columns) as fractions
+    assert abs(travelled["slides left"][1] - 0.5) < 0.03 and travelled["slides left"][0] < 0.01, travelled
+    assert abs(travelled["bounces"][0] - 0.25) < 0.03 and travelled["bounces"][1] < 0.01, travelled
+
+
 def test_depth_and_occlusion_agree(world):
     for clip in sorted((world / "train").glob("0000*")):
         truth = np.load(clip / "gt.npz")
@@ -124,6 +137,7 @@ def test_the_trainer_reads_it(world):
         (dict(min_size=0.5, max_size=0.9), "max_size <= 0.6"),
         (dict(min_size=0.3, max_size=0.45), "min_size < large_from <= max_size"),
         (dict(x_range=(0.7, 0.3)), "x_range must be"),
+        (dict(speed_range=(0.3, 1.5)), "speed_range must be"),
         (dict(held_out=(("pink", "ball"),)), "not a colour x shape"),
     ],
 )

@@ -2,22 +2,23 @@
 
     python -m unityvideo_diffusers.data.demo_model --output models/shapesworld-demo
 
-1. ShapesWorld data (17 frames at 64 x 64, objects of 0.3-0.45 of the height; the held-out colour x shape pairs stay
-   out of training).
+1. ShapesWorld data (17 frames at 64 x 64, objects of 0.3-0.45 of the height starting near the middle and moving
+   0.4-0.6 of the frame; the held-out colour x shape pairs stay out of training).
 2. A byte-level BPE tokenizer fitted to the world's prompts (texts padded to 32 tokens), and a small UMT5 text encoder
    at its seeded random initialisation with each attention head fixed on one neighbouring token: the vocabulary is
    closed and tiny, so fixed random contextual features already separate every prompt, and the transformer's text
    projection learns to read them; the fixed heads tie each colour word to the shape word beside it.
-3. A Wan2.2-style VAE (residual blocks), cut to 4x spatial and 2x temporal with 16 channels, trained on every stream's
-   frames with its loss weighted towards the objects. Wan2.2's residual blocks carry parameter-free space-to-channel
-   shortcuts, so the untrained VAE already starts near a pixel (un)shuffle: it trains 2.3x faster per step than a
-   Wan2.1-style stack of the same width. 4x spatial because at 8x a 10-pixel cube or triangle came back as a blob;
-   2x temporal because Wan's 4x smeared a moving object over its four frames (the frame reader recovered shape and
-   motion from 0.61 and 0.56 of true clips' reconstructions), and 1x, 17 latent frames, made a transformer step 2.3x
-   slower. The pipelines take any such VAE from its config.
-4. A small UnityVideoTransformer3DModel for ShapesWorld's modalities (patch 1 x 4 x 4: 4 x 4 tokens per latent
-   frame), trained with the multi-task recipe (`unityvideo_diffusers.training`), its loss weighted towards the
-   objects and its blocks compiled, until the budget runs out; exported from its EMA weights.
+3. A Wan2.2-style VAE (residual, patch 2), cut to 8x spatial and 4x temporal with 16 channels, trained on every
+   stream's frames with its loss weighted towards the objects. Wan2.2's residual blocks carry parameter-free
+   space-to-channel shortcuts, so the untrained VAE already starts near a pixel (un)shuffle: here it trains 2.3x
+   faster per step than a Wan2.1-style stack of the same width and reaches in 1000 steps a loss the Wan2.1 stack had
+   not reached after 500 (it was at 0.42, and spiking). 8x rather than Wan2.2's 16x: at 64 x 64, 16x leaves 2 x 2
+   tokens per frame after the transformer's patch, too coarse for objects a few pixels wide; 8x keeps 4 x 4. (4x VAEs
+   with finer tokens reconstruct shape and motion better, but a transformer step costs more and, in this budget, the
+   transformers behind them estimated far worse: docs/demo_model.md.) The pipelines take any such VAE from its config.
+4. A small UnityVideoTransformer3DModel for ShapesWorld's modalities, trained with the multi-task recipe
+   (`unityvideo_diffusers.training`), its RGB loss weighted towards the objects and its blocks compiled, until the
+   budget runs out; exported from its EMA weights.
 
 `--minutes` is the whole budget; the VAE gets `--vae-share` of it and the transformer the rest.
 """
