@@ -1,12 +1,12 @@
 """The bundled ShapesWorld demo model: every command's default, and measurably good at its world.
 
 The floors sit between what the model measures on these clips (10 steps, seed 0) and the better of the trivial
-predictor and the untrained model, so a pipeline or codec change that breaks the model fails here. Measured on the
-three clips (model / trivial / untrained): depth AbsRel 0.222 / 0.465 / 0.379, delta1 0.733 / 0.625 / 0.268,
-segmentation IoU 0.509 / 0 / 0.114, normal error 6.2 / 26.4 / 108.8 degrees; control IoU (segmentation, depth)
-0.530, 0.538 / - / 0.100, 0.100; on eight one-object clips (model / trivial) class-balanced colour accuracy 0.750 /
-0.250, RGB-segmentation kappa 0.398 / 0 and colour word reading 0.278 / 0 (an untrained transformer reads 0.00002
-on three of them)."""
+predictor and the recipe's untrained start, so a pipeline or codec change that breaks the model fails here. Measured
+on the three clips (model / trivial / untrained): depth AbsRel 0.190 / 0.349 / 0.444, delta1 0.865 / 0.641 / 0.227,
+segmentation IoU 0.745 / 0 / 0.187, normal error 10.8 / 24.8 / 95.1 degrees; control IoU (segmentation, depth)
+0.567, 0.568 / - / 0.131, 0.131; on eight one-object clips class-balanced colour accuracy 1.000 / 0.250 / 0.000,
+motion accuracy 0.750 / 0.250 / 0.000, RGB-segmentation kappa 0.614 / 0 / -0.003, and word reading of the colour
+and motion words 1.59 and 0.44 / 0 / 0.000."""
 
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ def test_perception_beats_trivial_predictors_by_far(held_out):
     scores = evaluate(DEMO_MODEL, held_out, steps=10, jobs=("perception",))
     assert scores["perception/depth_abs_rel"] < 0.3 and scores["perception/depth_delta1"] > 0.68, scores
     assert scores["perception/segmentation_iou"] > 0.35, scores
-    assert scores["perception/normal_degrees"] < 12, scores
+    assert scores["perception/normal_degrees"] < 17, scores
 
 
 def test_control_follows_the_control_video(held_out):
@@ -81,10 +81,11 @@ def test_control_follows_the_control_video(held_out):
     assert scores["control/segmentation_iou"] > 0.35 and scores["control/depth_iou"] > 0.35, scores
 
 
-def test_generation_follows_the_prompt_colour_and_its_segmentation_agrees(held_out_single_objects):
+def test_generation_follows_the_prompt_colour_and_motion_and_its_segmentation_agrees(held_out_single_objects):
     scores = evaluate(DEMO_MODEL, held_out_single_objects, steps=10, jobs=("text2video",))
-    assert scores["text2video/colour_accuracy"] > 0.5 and scores["joint/rgb_segmentation_kappa"] > 0.15, scores
-    assert scores["text2video/colour_word_reading"] > 0.05, scores
+    assert scores["text2video/colour_accuracy"] > 0.6 and scores["text2video/motion_accuracy"] > 0.45, scores
+    assert scores["joint/rgb_segmentation_kappa"] > 0.3, scores
+    assert scores["text2video/colour_word_reading"] > 0.3 and scores["text2video/motion_word_reading"] > 0.1, scores
 
 
 def test_the_vae_ceiling_scores_reconstructions_of_the_truth(held_out, held_out_single_objects):
@@ -93,7 +94,7 @@ def test_the_vae_ceiling_scores_reconstructions_of_the_truth(held_out, held_out_
     scores = vae_ceiling(DEMO_MODEL, held_out)
     assert {"perception/depth_abs_rel", "perception/flow_epe_moving", "control/segmentation_iou", "control/depth_iou"} <= scores.keys()
     assert scores["perception/depth_delta1"] > 0.9 and scores["perception/segmentation_iou"] > 0.7, scores
-    assert scores["perception/normal_degrees"] < 5 and scores["control/depth_layering_accuracy"] > 0.85, scores
+    assert scores["perception/normal_degrees"] < 8 and scores["control/depth_layering_accuracy"] > 0.85, scores
     single = vae_ceiling(DEMO_MODEL, held_out_single_objects, jobs=("text2video",))
     assert {"text2video/colour_accuracy", "text2video/shape_accuracy", "joint/rgb_segmentation_kappa"} <= single.keys()
     assert all(name.startswith(("text2video/", "joint/")) for name in single), single

@@ -53,6 +53,16 @@ def test_the_command_writes_one_split_of_one_object_scenes(tmp_path):
     assert not (tmp_path / "none").exists()
 
 
+def test_the_command_writes_the_demo_models_world(tmp_path):
+    from unityvideo_diffusers.data.demo_model import WORLD
+    from unityvideo_diffusers.data.shapesworld import main
+
+    main(["--output", str(tmp_path), "--train", "0", "--eval", "4", "--size", "32", "--frames", "5", "--demo-world"])
+    objects = [o for path in (tmp_path / "eval").glob("*/scene.json") for o in json.loads(path.read_text())["objects"]]
+    low, high = WORLD["speed_range"]
+    assert objects and all(low <= o["speed"] <= high and WORLD["min_size"] <= o["size"] <= WORLD["max_size"] for o in objects)
+
+
 def test_held_out_compositions(world):
     held = {tuple(pair) for pair in CONFIG.held_out}
     for split, expect_held in (("train", False), ("eval", True)):

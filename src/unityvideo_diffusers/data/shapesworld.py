@@ -289,11 +289,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=64, help="height = width")
     parser.add_argument("--min-objects", type=int, default=WorldConfig.min_objects)
     parser.add_argument("--max-objects", type=int, default=WorldConfig.max_objects)
+    parser.add_argument("--demo-world", action="store_true",
+                        help="the bundled demo model's world (its object sizes, starts and speeds) instead of the defaults")  # fmt: skip
     args = parser.parse_args(argv)
     if min(args.train, args.eval) < 0 or not args.train + args.eval:
         parser.error(f"--train and --eval must be >= 0 and not both 0, got {args.train} and {args.eval}")
-    config = WorldConfig(height=args.size, width=args.size, frames=args.frames, min_objects=args.min_objects,
-                         max_objects=args.max_objects)  # fmt: skip
+    world = {}
+    if args.demo_world:
+        from .demo_model import WORLD as world
+    config = WorldConfig(**{**world, "height": args.size, "width": args.size, "frames": args.frames,
+                            "min_objects": args.min_objects, "max_objects": args.max_objects})  # fmt: skip
     for split, count in (("train", args.train), ("eval", args.eval)):
         if count:
             print(f"Wrote {write_split(args.output, split, count, args.seed, config)}")
