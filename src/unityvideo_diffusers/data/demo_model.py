@@ -45,7 +45,8 @@ TRANSFORMER = dict(num_attention_heads=4, attention_head_dim=24, num_layers=4, f
 VAE = dict(base_dim=16, z_dim=16, dim_mult=[1, 2, 2], num_res_blocks=1, temperal_downsample=[True, True], is_residual=True,
            in_channels=12, out_channels=12, patch_size=2, scale_factor_spatial=8, scale_factor_temporal=4)  # fmt: skip
 # Starts near the middle and fast motion: the motion word then says where the object is in every frame, and a slide
-# crosses two of the transformer's 16-pixel tokens (at the default speeds, about one: it learned none of them).
+# crosses two of the transformer's 16-pixel tokens (at the default speeds about one, and a model trained there learned
+# to approach and recede but no slide, rise or fall: docs/demo_model.md).
 WORLD = dict(height=64, width=64, frames=17, min_size=0.3, max_size=0.45, large_from=0.375, x_range=(0.4, 0.6),
              y_range=(0.4, 0.6), speed_range=(0.4, 0.6))
 TEXT_TOKENS = 32  # the world's longest prompt has 19; padding to Wan's 512 made half of a step cross-attention to pads
