@@ -8,10 +8,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
-
-from unityvideo_diffusers import UnityVideoPerceptionPipeline
 import torch
 
+from unityvideo_diffusers import UnityVideoPerceptionPipeline
 from unityvideo_diffusers.data.demo_model import STREAMS, VAE, build, clip_tensors, fit_tokenizer, local_text_encoder, object_weights
 from unityvideo_diffusers.data.shapesworld import WorldConfig, write_split
 

@@ -36,7 +36,7 @@ class TrainConfig:
     timestep_distribution: str = "logit_normal"  # or "uniform"
     timestep_shift: float = 5.0
     prompt_dropout: float = 0.1
-    foreground_loss_weight: float = 0.0  # extra loss weight where the segmentation video shows an object (0: off, the authors')
+    foreground_loss_weight: float = 0.0  # extra RGB-loss weight where the segmentation video shows an object (0: off, the authors')
     added_modules_lr_multiplier: float = 10.0  # control encoder, modality head, identity and option tables
     lr_warmup_steps: int = 200
     lr_min_ratio: float = 0.1  # cosine decay to this fraction of the peak; 1.0 = constant (the release)

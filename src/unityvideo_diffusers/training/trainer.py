@@ -281,10 +281,10 @@ def train(config: TrainConfig, extra_loss: Callable | None = None, progress: boo
                 )  # fmt: skip
                 streams.rgb_target = None if streams.rgb_target is None else streams.rgb_target.to(device)
                 streams.modality_target = None if streams.modality_target is None else streams.modality_target.to(device)
-                weight = None
+                rgb_weight = None
                 if "foreground" in batch:
-                    weight = foreground_weight(batch["foreground"], config.foreground_loss_weight).to(device)
-                losses = stream_losses(prediction, streams, weight)
+                    rgb_weight = foreground_weight(batch["foreground"], config.foreground_loss_weight).to(device)
+                losses = stream_losses(prediction, streams, rgb_weight=rgb_weight)
                 if extra_loss is not None:
                     losses["extra"] = extra_loss(transformer, batch, prediction, streams, task)
                     losses["loss"] = losses["loss"] + losses["extra"]
