@@ -5,11 +5,15 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from unityvideo_diffusers import UnityVideoPipeline
 from unityvideo_diffusers.data.evaluate import (
+    EXACT_SHAPES,
     Scores,
+    ShapeReader,
+    calibrate_shape_reader,
     depth_metrics,
     flow_epe,
     foreground_iou,
@@ -20,11 +24,12 @@ from unityvideo_diffusers.data.evaluate import (
     object_mask,
     of_jobs,
     read_object,
+    reconstruct,
     score_word_reading,
     swapped_scene,
     trivial_baselines,
 )
-from unityvideo_diffusers.data.shapesworld import WorldConfig, render, sample_scene, visualise, write_split
+from unityvideo_diffusers.data.shapesworld import COLOURS, WorldConfig, read_world, render, sample_scene, visualise, write_split
 from unityvideo_diffusers.testing import tiny_pipeline_components
 
 
@@ -72,6 +77,65 @@ def test_the_reader_ignores_stray_pixels_off_the_object():
     mask[1:4, 1:3] = mask[6, 6] = mask[6:8, 0] = True
     assert largest_region(mask).sum() == 6 and largest_region(mask)[1:4, 1:3].all()
     assert not largest_region(np.zeros((4, 4), bool)).any()
+
+
+class BlurringVAE:
+    """Stands in for a small VAE that rounds small shapes: 4 x 4 average pooling, then trilinear upsampling back."""
+
+    factor = 4
+
+    def encode(self, video):
+        latents = torch.nn.functional.avg_pool3d(video, (1, self.factor, self.factor))
+        return type("Encoded", (), {"latent_dist": type("Mode", (), {"mode": lambda _: latents})()})()
+
+    def decode(self, latents):
+        video = torch.nn.functional.interpolate(latents, scale_factor=(1, self.factor, self.factor), mode="trilinear")
+        return type("Decoded", (), {"sample": video})()
+
+
+def _one_object_clips(config, split, count, seed):
+    rng = np.random.default_rng(seed)
+    return [(scene, render(scene, config)["rgb"]) for scene in (sample_scene(rng, config, split) for _ in range(count))]
+
+
+def test_a_reader_calibrated_on_a_vaes_reconstructions_reads_the_shapes_it_rounds():
+    config = WorldConfig(height=64, width=64, frames=9, min_objects=1, max_objects=1)
+    vae = BlurringVAE()
+    reader = calibrate_shape_reader(vae, config, per_shape=8)
+    assert set(reader.centres) == {"ball", "cube", "triangle"}
+    assert reader.centres["cube"][0] < 0.97 and reader.centres["triangle"][0] > 0.55  # corners rounded: the fill ratios close in
+
+    def balanced_accuracy(shape_reader):
+        hits = {}
+        for scene, frames in _one_object_clips(config, "eval", 45, seed=5):
+            read = read_object(reconstruct(vae, frames), scene.background, shape_reader)["shape"]
+            hits.setdefault(scene.objects[0].shape, []).append(read == scene.objects[0].shape)
+        return np.mean([np.mean(values) for values in hits.values()])
+
+    assert balanced_accuracy(reader) > 0.8 and balanced_accuracy(reader) > balanced_accuracy(EXACT_SHAPES) + 0.1
+
+
+def test_shape_reader_fit_and_the_exact_centres():
+    reader = ShapeReader.fit({"ball": [(0.7, 0.5), (0.8, 0.5)], "cube": [(0.9, 0.4), (0.9, 0.6)]})
+    assert reader.centres == {"ball": (0.75, 0.5), "cube": (0.9, 0.5)}
+    assert np.allclose(reader.spread, (np.sqrt(0.0025 / 2), np.sqrt(0.01 / 2)))
+    assert reader((0.84, 0.9)) == "cube" and reader((0.8, 0.5)) == "ball"
+    assert EXACT_SHAPES((0.55, 0.3)) == "triangle" and EXACT_SHAPES((0.76, 0.45)) == "ball"
+
+
+def test_calibration_refuses_a_world_whose_training_split_lacks_a_shape():
+    no_triangles = tuple((colour, "triangle") for colour in COLOURS)
+    config = WorldConfig(height=32, width=32, frames=5, min_objects=1, max_objects=1, held_out=no_triangles)
+    with pytest.raises(ValueError, match=r"Cannot calibrate the shape reader.*'triangle': 0.*Is every shape in the training split"):
+        calibrate_shape_reader(BlurringVAE(), config, per_shape=1)
+
+
+def test_the_world_a_split_was_written_with_reads_back(tmp_path):
+    config = WorldConfig(height=32, width=32, frames=5, speed_range=(0.3, 0.5))
+    write_split(tmp_path, "eval", 1, seed=0, config=config)
+    assert read_world(tmp_path / "eval") == config
+    with pytest.raises(FileNotFoundError, match="not a split folder"):
+        read_world(tmp_path)
 
 
 def test_trivial_baselines(tmp_path):

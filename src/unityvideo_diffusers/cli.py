@@ -303,6 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--vae-ceiling", action="store_true", help="also score the model's VAE reconstructions of the true clips")
     evaluation.add_argument("--jobs", nargs="+", choices=["perception", "control", "text2video"],
                             help="score only these (default: all three)")
+    evaluation.add_argument("--shape-reader", choices=["calibrated", "exact"], default="calibrated",
+                            help="read shapes as the model's VAE draws them (fitted on fresh scenes of the world), or as drawn exactly")  # fmt: skip
     evaluation.add_argument("--output", default="quality.json")
     evaluation.set_defaults(run=_eval)
 
@@ -334,6 +336,7 @@ def _eval(args: argparse.Namespace) -> str:
     argv += ["--limit", str(args.limit)] if args.limit else []
     argv += ["--vae-ceiling"] if args.vae_ceiling else []
     argv += ["--jobs", *args.jobs] if args.jobs else []
+    argv += ["--shape-reader", args.shape_reader]
     evaluate(argv)
     return f"Wrote {args.output}."
 

@@ -10,7 +10,9 @@
   depth puts there (the nearer one where objects overlap);
 - text -> video (one-object prompts): colour, shape and motion direction recovered from the generated frames, as
   class-balanced accuracy (the mean over the prompts' values of the share read right): the held-out colour x shape
-  pairs are half cubes, so plain accuracy would give a model that draws every object as a cube 0.5;
+  pairs are half cubes, so plain accuracy would give a model that draws every object as a cube 0.5. Shapes are read
+  by a reader calibrated on how the evaluated model's VAE draws each shape (`calibrate_shape_reader`, fresh scenes of
+  the training split), the same reader for every column; `--shape-reader exact` reads them as drawn exactly;
 - joint generation: agreement (Cohen's kappa) between the objects of the generated RGB video and of its generated
   segmentation;
 - word reading (one-object prompts, no sampling): how much worse the model denoises a clip when its prompt's colour,
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +37,7 @@ import torch
 
 from ..modalities import decode_depth, decode_flow, decode_segmentation
 from ..video_io import load_frames
-from .shapesworld import BACKGROUNDS, COLOURS, MOTIONS, SHAPES
+from .shapesworld import BACKGROUNDS, COLOURS, MOTIONS, SHAPES, WorldConfig, read_world, render, sample_scene
 
 
 # ---------------------------------------------------------------- metrics on arrays
@@ -129,29 +132,61 @@ def largest_region(mask: np.ndarray) -> np.ndarray:
     return labels == names[sizes.argmax()]
 
 
-def read_object(frames: np.ndarray, background: str) -> dict:
-    """Colour, shape and motion of the (single) object in generated frames, read from each frame's largest
-    connected region off the background: stray pixels elsewhere would stretch its bounding box and shift its centre
-    (one is enough to turn a cube's fill ratio into a triangle's)."""
-    mask = np.stack([largest_region(frame_mask) for frame_mask in object_mask(frames, background)])
+def shape_features(mask: np.ndarray) -> tuple[float, float]:
+    """An object mask's (fill ratio of its bounding box, share of its pixels above the box's middle). Drawn exactly, a
+    ball fills pi / 4 of its box and a cube all of it, each half above the middle; the upward triangle fills half of
+    its box, a quarter above the middle. The second tells a triangle whose corners a VAE has rounded from a ball."""
+    ys, xs = np.nonzero(mask)
+    height = ys.max() - ys.min() + 1
+    return len(ys) / (height * (xs.max() - xs.min() + 1)), float(np.mean(ys + 0.5 < ys.min() + height / 2))
+
+
+@dataclass(frozen=True)
+class ShapeReader:
+    """Names the shape whose centre is nearest to an object's `shape_features`, each feature in units of `spread`."""
+
+    centres: dict[str, tuple[float, float]]
+    spread: tuple[float, float] = (1.0, 1.0)
+
+    def __call__(self, features: tuple[float, float]) -> str:
+        distance = lambda centre: np.sum(((np.asarray(features) - centre) / self.spread) ** 2)  # noqa: E731
+        return min(self.centres, key=lambda shape: distance(self.centres[shape]))
+
+    @classmethod
+    def fit(cls, examples: dict[str, list[tuple[float, float]]]) -> ShapeReader:
+        """Centres at each shape's median features; spread the within-shape standard deviation, pooled over shapes."""
+        centres = {shape: tuple(np.median(values, axis=0).tolist()) for shape, values in examples.items()}
+        spread = np.sqrt(np.mean([np.var(values, axis=0) for values in examples.values()], axis=0))
+        return cls(centres, tuple(np.maximum(spread, 1e-3).tolist()))
+
+
+EXACT_SHAPES = ShapeReader({"ball": (math.pi / 4, 0.5), "cube": (1.0, 0.5), "triangle": (0.5, 0.25)})
+
+
+def median_shape_features(masks: list[np.ndarray]) -> tuple[float, float]:
+    return tuple(np.median([shape_features(mask) for mask in masks], axis=0).tolist())
+
+
+def object_masks(frames: np.ndarray, background: str) -> np.ndarray:
+    """The (single) object of each frame as its largest connected region off the background: stray pixels elsewhere
+    would stretch its bounding box and shift its centre (one is enough to turn a cube's fill ratio into a triangle's)."""
+    return np.stack([largest_region(frame_mask) for frame_mask in object_mask(frames, background)])
+
+
+def read_object(frames: np.ndarray, background: str, shape_reader: ShapeReader = EXACT_SHAPES) -> dict:
+    """Colour, shape and motion of the (single) object in generated frames, from its `object_masks`; the shape from
+    the median over frames of its `shape_features`."""
+    mask = object_masks(frames, background)
     if mask.sum() < 10:
         return {"colour": None, "shape": None, "motion": None}
     votes = nearest_colour(frames[mask], list(COLOURS))
     colour = list(COLOURS)[int(np.bincount(votes, minlength=len(COLOURS)).argmax())]
-    fills, centres, areas = [], [], []
-    for frame_mask in mask:
-        ys, xs = np.nonzero(frame_mask)
-        if len(ys) < 5:
-            continue
-        box = (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)
-        fills.append(len(ys) / box)
-        centres.append((xs.mean(), ys.mean()))
-        areas.append(len(ys))
-    if len(centres) < 2:
+    seen = [frame_mask for frame_mask in mask if frame_mask.sum() >= 5]
+    if len(seen) < 2:
         return {"colour": colour, "shape": None, "motion": None}
-    fill = float(np.median(fills))
-    shape = min({"ball": math.pi / 4, "cube": 1.0, "triangle": 0.5}.items(), key=lambda item: abs(item[1] - fill))[0]
-    centres = np.array(centres)
+    shape = shape_reader(median_shape_features(seen))
+    centres = np.array([np.argwhere(frame_mask).mean(0)[::-1] for frame_mask in seen])  # (x, y)
+    areas = [frame_mask.sum() for frame_mask in seen]
     dx, dy = centres[-1] - centres[0]
     growth = math.log(areas[-1] / areas[0])
     bounce = centres[:, 1].max() - centres[:, 1].min() > 2 and abs(dy) < 1.5
@@ -209,9 +244,10 @@ def score_control(scores: Scores, scene: dict, truth, controlled: dict[str, np.n
         scores.add("control/depth_layering_accuracy", layering_accuracy(controlled["depth"], truth["labels"], colours))
 
 
-def score_text2video(scores: Scores, scene: dict, frames: np.ndarray, segmentation: np.ndarray) -> None:
+def score_text2video(scores: Scores, scene: dict, frames: np.ndarray, segmentation: np.ndarray,
+                     shape_reader: ShapeReader) -> None:  # fmt: skip
     """A one-object clip's prompt against the RGB video made from it, and that video against its segmentation."""
-    read = read_object(frames, scene["background"])
+    read = read_object(frames, scene["background"], shape_reader)
     target = scene["objects"][0]
     for attribute in ("colour", "shape", "motion"):
         scores.add(f"text2video/{attribute}_accuracy", float(read[attribute] == target[attribute]), group=target[attribute])
@@ -256,10 +292,12 @@ def score_word_reading(scores: Scores, pipe, scene: dict, clip: Path, generator:
 
 @torch.no_grad()
 def evaluate(model: str | Path, data: str | Path, steps: int = 20, scheduler: str = "default", limit: int | None = None,
-             seed: int = 0, jobs: tuple[str, ...] = JOBS, guidance_scale: float = 3.0) -> dict:  # fmt: skip
+             seed: int = 0, jobs: tuple[str, ...] = JOBS, guidance_scale: float = 3.0,
+             shape_reader: ShapeReader | None = None) -> dict:  # fmt: skip
     """Every metric of the module docstring for one model, sampler and step count (of `jobs` only; text2video
     includes the joint RGB-modality agreement). `guidance_scale` applies to the text-conditioned jobs (control and
-    text2video); estimation runs without guidance."""
+    text2video); estimation runs without guidance. `shape_reader` reads the generated objects' shapes; None:
+    `calibrate_shape_reader` on this model's VAE and the world `data` was written with."""
     if unknown := set(jobs) - set(JOBS):
         raise ValueError(f"Unknown jobs {sorted(unknown)}; choose from {JOBS}.")
     from ..jobs import make_scheduler
@@ -270,6 +308,8 @@ def evaluate(model: str | Path, data: str | Path, steps: int = 20, scheduler: st
     perception = UnityVideoPerceptionPipeline.from_pipe(pipe)
     control = UnityVideoControlPipeline.from_pipe(pipe)
     common = dict(height=64, width=64, num_inference_steps=steps)
+    if "text2video" in jobs and shape_reader is None:
+        shape_reader = calibrate_shape_reader(pipe.vae, read_world(data))
     scores = Scores()
 
     for clip in _clips(Path(data), limit):
@@ -289,40 +329,70 @@ def evaluate(model: str | Path, data: str | Path, steps: int = 20, scheduler: st
         if "text2video" in jobs and len(scene["objects"]) == 1:
             joint = pipe(scene_prompt(scene), modality="segmentation", num_frames=17, generator=generator(),
                          guidance_scale=guidance_scale, **common)  # fmt: skip
-            score_text2video(scores, scene, _array(joint.frames[0]), _array(joint.modality_frames[0]))
+            score_text2video(scores, scene, _array(joint.frames[0]), _array(joint.modality_frames[0]), shape_reader)
             score_word_reading(scores, pipe, scene, clip, torch.Generator().manual_seed(seed))
     return scores.means()
 
 
 @torch.no_grad()
-def vae_ceiling(model: str | Path, data: str | Path, limit: int | None = None, jobs: tuple[str, ...] = JOBS) -> dict:
+def reconstruct(vae, frames: np.ndarray) -> np.ndarray:
+    """`vae`'s reconstruction of a video (F, H, W, 3) in [0, 1]."""
+    video = torch.from_numpy(np.asarray(frames) * 2 - 1).float().permute(3, 0, 1, 2)[None]
+    decoded = vae.decode(vae.encode(video).latent_dist.mode()).sample[0]
+    return ((decoded.permute(1, 2, 3, 0).double().numpy() + 1) / 2).clip(0, 1)
+
+
+CALIBRATION_STREAM = 2  # write_split seeds its training clips' generators with 0 and its eval clips' with 1
+
+
+def calibrate_shape_reader(vae, world: WorldConfig, per_shape: int = 30, seed: int = 0) -> ShapeReader:
+    """A ShapeReader fitted to how `vae` draws each shape, on its reconstructions of `per_shape` fresh one-object
+    scenes of each shape from `world`'s training split (none of them a training or an eval clip). An 8x VAE rounds a
+    ten-pixel cube's corners and a triangle's towards a ball, so EXACT_SHAPES would read a perfect model's frames,
+    which are these reconstructions, as balls; this reader knows each shape as a model with this VAE can draw it."""
+    world = replace(world, min_objects=1, max_objects=1)
+    examples = {shape: [] for shape in SHAPES}
+    for index in range(100 * per_shape * len(SHAPES)):
+        if min(map(len, examples.values())) >= per_shape:
+            return ShapeReader.fit(examples)
+        scene = sample_scene(np.random.default_rng([seed, CALIBRATION_STREAM, index]), world, "train")
+        if len(examples[scene.objects[0].shape]) >= per_shape:
+            continue
+        frames = np.round(render(scene, world)["rgb"] * 255) / 255  # as write_split stores them
+        seen = [mask for mask in object_masks(reconstruct(vae, frames), scene.background) if mask.sum() >= 5]
+        if len(seen) >= 2:
+            examples[scene.objects[0].shape].append(median_shape_features(seen))
+    raise ValueError(f"Cannot calibrate the shape reader: after {index + 1} scenes of this world, the VAE's "
+                     f"reconstructions show {dict(zip(examples, map(len, examples.values())))} objects of each shape, "
+                     f"{per_shape} needed. Is every shape in the training split, and does the VAE reconstruct objects?")  # fmt: skip
+
+
+def vae_ceiling(model: str | Path, data: str | Path, limit: int | None = None, jobs: tuple[str, ...] = JOBS,
+                shape_reader: ShapeReader | None = None) -> dict:  # fmt: skip
     """The metrics of `evaluate` (of `jobs` only) scored on the model's VAE reconstructions of the true clips in place
     of generated ones: what a perfect transformer would score through this VAE, i.e. which metrics the VAE, not the
-    transformer, caps. (For control, the reconstructed RGB video stands for the one made from the control.)"""
+    transformer, caps. (For control, the reconstructed RGB video stands for the one made from the control.)
+    `shape_reader`: as for `evaluate`."""
     from diffusers import AutoencoderKLWan
 
     vae = AutoencoderKLWan.from_pretrained(model, subfolder="vae").eval()
-
-    def reconstruct(frames) -> np.ndarray:
-        video = torch.from_numpy(np.stack([np.asarray(frame) for frame in frames]) / 127.5 - 1).float().permute(3, 0, 1, 2)[None]
-        decoded = vae.decode(vae.encode(video).latent_dist.mode()).sample[0]
-        return ((decoded.permute(1, 2, 3, 0).double().numpy() + 1) / 2).clip(0, 1)
-
+    if "text2video" in jobs and shape_reader is None:
+        shape_reader = calibrate_shape_reader(vae, read_world(data))
     scores = Scores()
 
     for clip in _clips(Path(data), limit):
         truth = np.load(clip / "gt.npz")
         scene = json.loads((clip / "scene.json").read_text())
-        rgb = reconstruct(load_frames(clip / "rgb"))
+        rgb = reconstruct(vae, _array(load_frames(clip / "rgb")) / 255)
         text = "text2video" in jobs and len(scene["objects"]) == 1
         needed = PERCEIVED if "perception" in jobs else ("segmentation",) if text else ()
-        modalities = {modality: reconstruct(load_frames(clip / modality)) for modality in needed}
+        modalities = {modality: reconstruct(vae, _array(load_frames(clip / modality)) / 255) for modality in needed}
         if "perception" in jobs:
             score_perception(scores, truth, modalities)
         if "control" in jobs:
             score_control(scores, scene, truth, dict.fromkeys(CONTROLS, rgb))
         if text:
-            score_text2video(scores, scene, rgb, modalities["segmentation"])
+            score_text2video(scores, scene, rgb, modalities["segmentation"], shape_reader)
     return scores.means()
 
 
@@ -386,19 +456,28 @@ def main(argv: list[str] | None = None) -> None:
                         help="also score the model's VAE reconstructions of the true clips: what its VAE lets any transformer reach")
     parser.add_argument("--jobs", nargs="+", choices=JOBS, default=list(JOBS),
                         help="score only these (text2video includes the joint RGB-modality agreement)")
+    parser.add_argument("--shape-reader", choices=("calibrated", "exact"), default="calibrated",
+                        help="read shapes as --model's VAE draws them (fitted on fresh scenes of the world), or as drawn exactly")  # fmt: skip
     parser.add_argument("--output", default="quality.json")
     args = parser.parse_args(argv)
     jobs = tuple(args.jobs)
+    reader = EXACT_SHAPES
+    if "text2video" in jobs and args.shape_reader == "calibrated":  # one reader for every column
+        from diffusers import AutoencoderKLWan
+
+        reader = calibrate_shape_reader(AutoencoderKLWan.from_pretrained(args.model, subfolder="vae").eval(), read_world(args.data))
+        print("shape reader, centres (fill ratio, share above the middle):",
+              {shape: tuple(round(value, 3) for value in centre) for shape, centre in reader.centres.items()})  # fmt: skip
     results = {"trivial": of_jobs(trivial_baselines(args.data, args.limit), jobs)}
     for scheduler in args.schedulers:
         for steps in args.steps:
             results[f"model/{scheduler}/{steps}"] = evaluate(args.model, args.data, steps, scheduler, args.limit, jobs=jobs,
-                                                             guidance_scale=args.guidance_scale)  # fmt: skip
+                                                             guidance_scale=args.guidance_scale, shape_reader=reader)  # fmt: skip
     if args.baseline_model:
         results["untrained"] = evaluate(args.baseline_model, args.data, args.steps[0], args.schedulers[0], args.limit,
-                                       jobs=jobs, guidance_scale=args.guidance_scale)  # fmt: skip
+                                       jobs=jobs, guidance_scale=args.guidance_scale, shape_reader=reader)  # fmt: skip
     if args.vae_ceiling:
-        results["vae_ceiling"] = vae_ceiling(args.model, args.data, args.limit, jobs)
+        results["vae_ceiling"] = vae_ceiling(args.model, args.data, args.limit, jobs, shape_reader=reader)
     Path(args.output).write_text(json.dumps(results, indent=2))
     names = sorted({name for scores in results.values() for name in scores})
     print(f"{'metric':<32}" + "".join(f"{column:>22}" for column in results))

@@ -21,7 +21,7 @@ import json
 import math
 import os
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -277,6 +277,17 @@ def write_split(output: str | os.PathLike, split: str, count: int, seed: int, co
         writer.writerows(rows)
     (root / "world.json").write_text(json.dumps({**asdict(config), "seed": seed, "count": count}, indent=1))
     return root / "metadata.csv"
+
+
+def read_world(split: str | os.PathLike) -> WorldConfig:
+    """The settings a split folder of `write_split` was written with (JSON lists back to the config's tuples)."""
+    path = Path(split) / "world.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: {split} is not a split folder written by ShapesWorld's write_split.")
+    values = json.loads(path.read_text())
+    names = {setting.name for setting in fields(WorldConfig)}
+    as_tuple = lambda value: tuple(map(as_tuple, value)) if isinstance(value, list) else value  # noqa: E731
+    return WorldConfig(**{name: as_tuple(value) for name, value in values.items() if name in names})
 
 
 def main(argv: list[str] | None = None) -> None:
