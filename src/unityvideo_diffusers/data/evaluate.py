@@ -163,6 +163,11 @@ class ShapeReader:
 EXACT_SHAPES = ShapeReader({"ball": (math.pi / 4, 0.5), "cube": (1.0, 0.5), "triangle": (0.5, 0.25)})
 
 
+def frames_showing(masks: np.ndarray) -> list[np.ndarray]:
+    """The frames' object masks with enough pixels (5) to have a shape and a centre."""
+    return [mask for mask in masks if mask.sum() >= 5]
+
+
 def median_shape_features(masks: list[np.ndarray]) -> tuple[float, float]:
     return tuple(np.median([shape_features(mask) for mask in masks], axis=0).tolist())
 
@@ -181,7 +186,7 @@ def read_object(frames: np.ndarray, background: str, shape_reader: ShapeReader =
         return {"colour": None, "shape": None, "motion": None}
     votes = nearest_colour(frames[mask], list(COLOURS))
     colour = list(COLOURS)[int(np.bincount(votes, minlength=len(COLOURS)).argmax())]
-    seen = [frame_mask for frame_mask in mask if frame_mask.sum() >= 5]
+    seen = frames_showing(mask)
     if len(seen) < 2:
         return {"colour": colour, "shape": None, "motion": None}
     shape = shape_reader(median_shape_features(seen))
@@ -359,7 +364,7 @@ def calibrate_shape_reader(vae, world: WorldConfig, per_shape: int = 30, seed: i
         if len(examples[scene.objects[0].shape]) >= per_shape:
             continue
         frames = np.round(render(scene, world)["rgb"] * 255) / 255  # as write_split stores them
-        seen = [mask for mask in object_masks(reconstruct(vae, frames), scene.background) if mask.sum() >= 5]
+        seen = frames_showing(object_masks(reconstruct(vae, frames), scene.background))
         if len(seen) >= 2:
             examples[scene.objects[0].shape].append(median_shape_features(seen))
     raise ValueError(f"Cannot calibrate the shape reader: after {index + 1} scenes of this world, the VAE's "
