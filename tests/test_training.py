@@ -333,8 +333,12 @@ def test_foreground_loss_weight_weights_the_latents_over_objects(world, tmp_path
     assert len(log) == len(expected_losses) == 3
     for record, expected in zip(log, expected_losses):
         assert expected and all(record[name] == pytest.approx(value, rel=1e-5) for name, value in expected.items())
-    with pytest.raises(ConfigError, match="it has no foreground masks"):  # the world's CSV has no segmentation column
+    with pytest.raises(ConfigError, match="add 'segmentation' to modalities"):  # the world's CSV has no such column
         train(config_for(world, tmp_path / "no_masks", max_steps=1, foreground_loss_weight=1.0), progress=False)
+    assert not (tmp_path / "no_masks" / "latent_cache").exists()  # refused before encoding anything
+    # estimation alone never generates RGB, so the weight has nothing to act on and needs no masks
+    train(config_for(world, tmp_path / "estimation", task="perception", max_steps=1, foreground_loss_weight=1.0), progress=False)
+    assert (tmp_path / "estimation" / "final").is_dir()
 
 
 def test_compiled_blocks_train_like_eager_ones(world, tmp_path):

@@ -149,6 +149,11 @@ class TrainConfig:
         if problems:
             raise ConfigError("Invalid training config:\n  - " + "\n  - ".join(problems))
 
+    def weights_foreground(self) -> bool:
+        """Whether `foreground_loss_weight` acts: it is set and some task of the run generates the RGB stream."""
+        tasks = [self.task] if self.task != "multi" else [name for name, weight in self.task_weights.items() if weight > 0]
+        return self.foreground_loss_weight > 0 and any(resolve_task(name).rgb_noisy for name in tasks)
+
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
         known = {f.name for f in dataclasses.fields(cls)}

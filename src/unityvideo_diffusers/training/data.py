@@ -148,7 +148,7 @@ def check_cache_fits(index: dict, index_path: Path, modalities: list[str], confi
         problems.append(f"it was encoded at frames x height x width {index['video_shape']}, this run wants {wanted}")
     if config.max_sequence_length not in (None, index["max_sequence_length"]):
         problems.append(f"its prompts were cut at {index['max_sequence_length']} tokens, this run's at {config.max_sequence_length}")
-    if config.foreground_loss_weight and not index.get("foreground_masks"):
+    if config.weights_foreground() and not index.get("foreground_masks"):
         problems.append("it has no foreground masks, which foreground_loss_weight needs (they are cached from a "
                         "segmentation column, by this version or later)")
     if problems:

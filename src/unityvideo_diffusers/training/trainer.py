@@ -177,6 +177,11 @@ def train(config: TrainConfig, extra_loss: Callable | None = None, progress: boo
             f"Modalities to train {modalities} need a CSV column and a place in the model; the CSV has {rows_in_csv}, "
             f"the model {list(transformer.config.modalities)}."
         )
+    if config.weights_foreground() and "segmentation" not in modalities:
+        raise ConfigError(
+            "foreground_loss_weight finds the objects in the segmentation videos, and this run has none: add "
+            f"'segmentation' to modalities (now {modalities}; the CSV needs the column), or set foreground_loss_weight to 0."
+        )
 
     # 2. Data: encode once (main process), then every rank reads the cache
     cache = LatentCache(config.latent_cache or save_path / "latent_cache")
@@ -423,7 +428,7 @@ def _collate(cache: LatentCache, prompts: dict, rows: list[int], modality: str, 
         "prompt_embeds": torch.stack([pad_tokens(text, length) for text in texts]).to(device),
         "modality_prompt_embeds": pad_tokens(prompts[f"modality.{modality}"][: length], length).expand(len(rows), -1, -1).to(device),
     }
-    if config.foreground_loss_weight:  # a row without a segmentation video is weighted uniformly
+    if config.weights_foreground():  # a row without a segmentation video is weighted uniformly
         grid = batch["rgb"].shape[-3:]
         batch["foreground"] = torch.stack([s.get("foreground", torch.zeros(grid, dtype=torch.bool)) for s in samples])
     return batch
