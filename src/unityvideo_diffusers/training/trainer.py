@@ -248,6 +248,8 @@ def train(config: TrainConfig, extra_loss: Callable | None = None, progress: boo
     accelerator.register_load_state_pre_hook(load_model_hook)
     if config.resume:
         accelerator.load_state(str(latest_checkpoint(save_path)))
+    if ema is not None:  # made beside the model on the CPU; prepare moved the model to the accelerator
+        ema.to(accelerator.device)
 
     sampler = MultiTaskSampler(config, rows_with, accelerator.process_index, accelerator.num_processes)
     log = (save_path / "train_log.jsonl").open("a") if accelerator.is_main_process else None
