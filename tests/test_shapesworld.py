@@ -40,6 +40,13 @@ def test_same_seed_same_files(world, tmp_path):
     assert digest(tmp_path / "other" / "train") != digest(world / "train")
 
 
+def test_processes_render_the_same_files(world, tmp_path):
+    write_split(tmp_path, "train", 6, 3, CONFIG, processes=2)
+    assert digest(tmp_path / "train") == digest(world / "train")
+    with pytest.raises(ValueError, match="processes must be positive"):
+        write_split(tmp_path, "train", 6, 3, CONFIG, processes=0)
+
+
 def test_the_command_writes_one_split_of_one_object_scenes(tmp_path):
     from unityvideo_diffusers.data.shapesworld import main
 

@@ -247,30 +247,44 @@ def _write_frames(video: np.ndarray, folder: Path) -> None:
         PIL.Image.fromarray(frame).save(folder / f"{index:05d}.png", optimize=False)
 
 
-def write_split(output: str | os.PathLike, split: str, count: int, seed: int, config: WorldConfig) -> Path:
+def _write_clip(root: Path, split: str, index: int, seed: int, config: WorldConfig) -> dict[str, str]:
+    """Render clip `index` of `split` into root/NNNNN and return its metadata row."""
+    rng = np.random.default_rng([seed, 0 if split == "train" else 1, index])
+    scene = sample_scene(rng, config, split)
+    truth = render(scene, config)
+    clip = f"{index:05d}"
+    _write_frames(truth["rgb"], root / clip / "rgb")
+    for name, video in visualise(truth).items():
+        _write_frames(video, root / clip / name)
+    np.savez_compressed(root / clip / "gt.npz", depth=truth["depth"].astype(np.float32), flow=truth["flow"].astype(np.float32),
+                        labels=truth["labels"].astype(np.uint8), normal=truth["normal"].astype(np.float32))  # fmt: skip
+    (root / clip / "scene.json").write_text(json.dumps(asdict(scene), indent=1))
+    return {"video": f"{clip}/rgb", "prompt": scene.prompt(), **{m: f"{clip}/{m}" for m in MODALITY_COLUMNS}}
+
+
+def write_split(output: str | os.PathLike, split: str, count: int, seed: int, config: WorldConfig,
+                processes: int = 1) -> Path:  # fmt: skip
     """Write `count` clips of `split` ("train" or "eval") and their metadata.csv; returns the CSV path. Clip i uses
-    the generator seeded by (seed, split, i): the same settings always give the same files."""
+    the generator seeded by (seed, split, i): the same settings always give the same files, however many
+    `processes` render them."""
     config.validate()
     if split not in ("train", "eval"):
         raise ValueError(f"split must be 'train' or 'eval', got {split!r}.")
     if count < 1:
         raise ValueError(f"count must be positive, got {count}.")
+    if processes < 1:
+        raise ValueError(f"processes must be positive, got {processes}.")
     root = Path(output) / split
     if root.exists():
         shutil.rmtree(root)
-    rows = []
-    for index in range(count):
-        rng = np.random.default_rng([seed, 0 if split == "train" else 1, index])
-        scene = sample_scene(rng, config, split)
-        truth = render(scene, config)
-        clip = f"{index:05d}"
-        _write_frames(truth["rgb"], root / clip / "rgb")
-        for name, video in visualise(truth).items():
-            _write_frames(video, root / clip / name)
-        np.savez_compressed(root / clip / "gt.npz", depth=truth["depth"].astype(np.float32), flow=truth["flow"].astype(np.float32),
-                            labels=truth["labels"].astype(np.uint8), normal=truth["normal"].astype(np.float32))  # fmt: skip
-        (root / clip / "scene.json").write_text(json.dumps(asdict(scene), indent=1))
-        rows.append({"video": f"{clip}/rgb", "prompt": scene.prompt(), **{m: f"{clip}/{m}" for m in MODALITY_COLUMNS}})
+    jobs = [(root, split, index, seed, config) for index in range(count)]
+    if processes == 1:
+        rows = list(itertools.starmap(_write_clip, jobs))
+    else:
+        import multiprocessing
+
+        with multiprocessing.get_context("spawn").Pool(processes) as pool:
+            rows = pool.starmap(_write_clip, jobs, chunksize=max(1, count // (8 * processes)))
     with open(root / "metadata.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=["video", "prompt", *MODALITY_COLUMNS])
         writer.writeheader()
@@ -300,11 +314,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=64, help="height = width")
     parser.add_argument("--min-objects", type=int, default=WorldConfig.min_objects)
     parser.add_argument("--max-objects", type=int, default=WorldConfig.max_objects)
+    parser.add_argument("--processes", type=int, default=1, help="render clips in this many processes (the files are the same)")
     parser.add_argument("--demo-world", action="store_true",
                         help="the bundled demo model's world (its object sizes, starts and speeds) instead of the defaults")  # fmt: skip
     args = parser.parse_args(argv)
     if min(args.train, args.eval) < 0 or not args.train + args.eval:
         parser.error(f"--train and --eval must be >= 0 and not both 0, got {args.train} and {args.eval}")
+    if args.processes < 1:
+        parser.error(f"--processes must be >= 1, got {args.processes}")
     world = {}
     if args.demo_world:
         from .demo_model import WORLD as world
@@ -312,7 +329,7 @@ def main(argv: list[str] | None = None) -> None:
                             "min_objects": args.min_objects, "max_objects": args.max_objects})  # fmt: skip
     for split, count in (("train", args.train), ("eval", args.eval)):
         if count:
-            print(f"Wrote {write_split(args.output, split, count, args.seed, config)}")
+            print(f"Wrote {write_split(args.output, split, count, args.seed, config, args.processes)}")
 
 
 if __name__ == "__main__":
