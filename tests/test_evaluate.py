@@ -83,6 +83,7 @@ class BlurringVAE:
     """Stands in for a small VAE that rounds small shapes: 4 x 4 average pooling, then trilinear upsampling back."""
 
     factor = 4
+    device = torch.device("cpu")
 
     def encode(self, video):
         latents = torch.nn.functional.avg_pool3d(video, (1, self.factor, self.factor))

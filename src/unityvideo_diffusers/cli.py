@@ -305,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
                             help="score only these (default: all three)")
     evaluation.add_argument("--shape-reader", choices=["calibrated", "exact"], default="calibrated",
                             help="read shapes as the model's VAE draws them (fitted on fresh scenes of the world), or as drawn exactly")  # fmt: skip
+    evaluation.add_argument("--device", default="cpu", help="cpu (default), cuda, ...")
     evaluation.add_argument("--output", default="quality.json")
     evaluation.set_defaults(run=_eval)
 
@@ -337,6 +338,7 @@ def _eval(args: argparse.Namespace) -> str:
     argv += ["--vae-ceiling"] if args.vae_ceiling else []
     argv += ["--jobs", *args.jobs] if args.jobs else []
     argv += ["--shape-reader", args.shape_reader]
+    argv += ["--device", args.device]
     evaluate(argv)
     return f"Wrote {args.output}."
 

@@ -284,11 +284,11 @@ def score_word_reading(scores: Scores, pipe, scene: dict, clip: Path, generator:
                                       device=pipe.device)[0] for name, prompt in prompts.items()}  # fmt: skip
     errors = {name: 0.0 for name in prompts}
     for t in WORD_READING_TIMES:
-        noise = torch.randn(rgb.shape, generator=generator)
-        modality_noise = torch.randn(segmentation.shape, generator=generator)
+        noise = torch.randn(rgb.shape, generator=generator).to(rgb.device)  # drawn on the CPU: the same on any device
+        modality_noise = torch.randn(segmentation.shape, generator=generator).to(rgb.device)
         noisy, noisy_modality = (1 - t) * rgb + t * noise, (1 - t) * segmentation + t * modality_noise
         for name, text in texts.items():
-            velocity = pipe.transformer(noisy, torch.tensor([t * 1000.0]), text, noisy_modality, modality_text,
+            velocity = pipe.transformer(noisy, torch.tensor([t * 1000.0], device=rgb.device), text, noisy_modality, modality_text,
                                         modality="segmentation", task="joint", return_dict=False)[0]  # fmt: skip
             errors[name] += float((velocity - (noise - rgb)).square().mean())
     for attribute in WORDS:
@@ -298,16 +298,17 @@ def score_word_reading(scores: Scores, pipe, scene: dict, clip: Path, generator:
 @torch.no_grad()
 def evaluate(model: str | Path, data: str | Path, steps: int = 20, scheduler: str = "default", limit: int | None = None,
              seed: int = 0, jobs: tuple[str, ...] = JOBS, guidance_scale: float = 3.0,
-             shape_reader: ShapeReader | None = None) -> dict:  # fmt: skip
+             shape_reader: ShapeReader | None = None, device: str = "cpu") -> dict:  # fmt: skip
     """Every metric of the module docstring for one model, sampler and step count (of `jobs` only; text2video
     includes the joint RGB-modality agreement). `guidance_scale` applies to the text-conditioned jobs (control and
     text2video); estimation runs without guidance. `shape_reader` reads the generated objects' shapes; None:
-    `calibrate_shape_reader` on this model's VAE and the world `data` was written with."""
+    `calibrate_shape_reader` on this model's VAE and the world `data` was written with. Noise is drawn on the CPU,
+    so another `device` samples from the same starting points."""
     if unknown := set(jobs) - set(JOBS):
         raise ValueError(f"Unknown jobs {sorted(unknown)}; choose from {JOBS}.")
     from ..jobs import make_scheduler
     from ..pipelines import UnityVideoControlPipeline, UnityVideoPerceptionPipeline, UnityVideoPipeline
-    pipe = UnityVideoPipeline.from_pretrained(model)
+    pipe = UnityVideoPipeline.from_pretrained(model).to(device)
     pipe.scheduler = make_scheduler(scheduler, pipe)
     pipe.set_progress_bar_config(disable=True)
     perception = UnityVideoPerceptionPipeline.from_pipe(pipe)
@@ -342,9 +343,9 @@ def evaluate(model: str | Path, data: str | Path, steps: int = 20, scheduler: st
 @torch.no_grad()
 def reconstruct(vae, frames: np.ndarray) -> np.ndarray:
     """`vae`'s reconstruction of a video (F, H, W, 3) in [0, 1]."""
-    video = torch.from_numpy(np.asarray(frames) * 2 - 1).float().permute(3, 0, 1, 2)[None]
+    video = torch.from_numpy(np.asarray(frames) * 2 - 1).float().permute(3, 0, 1, 2)[None].to(vae.device)
     decoded = vae.decode(vae.encode(video).latent_dist.mode()).sample[0]
-    return ((decoded.permute(1, 2, 3, 0).double().numpy() + 1) / 2).clip(0, 1)
+    return ((decoded.permute(1, 2, 3, 0).double().cpu().numpy() + 1) / 2).clip(0, 1)
 
 
 CALIBRATION_STREAM = 2  # write_split seeds its training clips' generators with 0 and its eval clips' with 1
@@ -373,14 +374,14 @@ def calibrate_shape_reader(vae, world: WorldConfig, per_shape: int = 30, seed: i
 
 
 def vae_ceiling(model: str | Path, data: str | Path, limit: int | None = None, jobs: tuple[str, ...] = JOBS,
-                shape_reader: ShapeReader | None = None) -> dict:  # fmt: skip
+                shape_reader: ShapeReader | None = None, device: str = "cpu") -> dict:  # fmt: skip
     """The metrics of `evaluate` (of `jobs` only) scored on the model's VAE reconstructions of the true clips in place
     of generated ones: what a perfect transformer would score through this VAE, i.e. which metrics the VAE, not the
     transformer, caps. (For control, the reconstructed RGB video stands for the one made from the control.)
     `shape_reader`: as for `evaluate`."""
     from diffusers import AutoencoderKLWan
 
-    vae = AutoencoderKLWan.from_pretrained(model, subfolder="vae").eval()
+    vae = AutoencoderKLWan.from_pretrained(model, subfolder="vae").eval().to(device)
     if "text2video" in jobs and shape_reader is None:
         shape_reader = calibrate_shape_reader(vae, read_world(data))
     scores = Scores()
@@ -463,6 +464,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="score only these (text2video includes the joint RGB-modality agreement)")
     parser.add_argument("--shape-reader", choices=("calibrated", "exact"), default="calibrated",
                         help="read shapes as --model's VAE draws them (fitted on fresh scenes of the world), or as drawn exactly")  # fmt: skip
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, ...; the scores do not depend on it beyond rounding")
     parser.add_argument("--output", default="quality.json")
     args = parser.parse_args(argv)
     jobs = tuple(args.jobs)
@@ -470,19 +472,22 @@ def main(argv: list[str] | None = None) -> None:
     if "text2video" in jobs and args.shape_reader == "calibrated":  # one reader for every column
         from diffusers import AutoencoderKLWan
 
-        reader = calibrate_shape_reader(AutoencoderKLWan.from_pretrained(args.model, subfolder="vae").eval(), read_world(args.data))
+        vae = AutoencoderKLWan.from_pretrained(args.model, subfolder="vae").eval().to(args.device)
+        reader = calibrate_shape_reader(vae, read_world(args.data))
         print("shape reader, centres (fill ratio, share above the middle):",
               {shape: tuple(round(value, 3) for value in centre) for shape, centre in reader.centres.items()})  # fmt: skip
     results = {"trivial": of_jobs(trivial_baselines(args.data, args.limit), jobs)}
     for scheduler in args.schedulers:
         for steps in args.steps:
             results[f"model/{scheduler}/{steps}"] = evaluate(args.model, args.data, steps, scheduler, args.limit, jobs=jobs,
-                                                             guidance_scale=args.guidance_scale, shape_reader=reader)  # fmt: skip
+                                                             guidance_scale=args.guidance_scale, shape_reader=reader,
+                                                             device=args.device)  # fmt: skip
     if args.baseline_model:
         results["untrained"] = evaluate(args.baseline_model, args.data, args.steps[0], args.schedulers[0], args.limit,
-                                       jobs=jobs, guidance_scale=args.guidance_scale, shape_reader=reader)  # fmt: skip
+                                       jobs=jobs, guidance_scale=args.guidance_scale, shape_reader=reader,
+                                       device=args.device)  # fmt: skip
     if args.vae_ceiling:
-        results["vae_ceiling"] = vae_ceiling(args.model, args.data, args.limit, jobs, shape_reader=reader)
+        results["vae_ceiling"] = vae_ceiling(args.model, args.data, args.limit, jobs, shape_reader=reader, device=args.device)
     Path(args.output).write_text(json.dumps(results, indent=2))
     names = sorted({name for scores in results.values() for name in scores})
     print(f"{'metric':<32}" + "".join(f"{column:>22}" for column in results))
