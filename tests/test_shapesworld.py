@@ -43,8 +43,30 @@ def test_same_seed_same_files(world, tmp_path):
 def test_processes_render_the_same_files(world, tmp_path):
     write_split(tmp_path, "train", 6, 3, CONFIG, processes=2)
     assert digest(tmp_path / "train") == digest(world / "train")
-    with pytest.raises(ValueError, match="processes must be positive"):
+    with pytest.raises(ValueError, match="processes and captions must be positive, got 0 and 1"):
         write_split(tmp_path, "train", 6, 3, CONFIG, processes=0)
+
+
+def test_extra_captions_are_partial_captions_of_the_same_clip(tmp_path):
+    """`captions` rows per clip: the full caption first, then partial ones of the same videos, each naming every
+    object by its colour or its shape (or both); the clips themselves are those of one caption."""
+    import csv
+
+    write_split(tmp_path / "one", "train", 6, 3, CONFIG)
+    write_split(tmp_path / "three", "train", 6, 3, CONFIG, captions=3)
+    single = list(csv.DictReader(open(tmp_path / "one" / "train" / "metadata.csv")))
+    rows = list(csv.DictReader(open(tmp_path / "three" / "train" / "metadata.csv")))
+    assert len(rows) == 18 and digest(tmp_path / "one" / "train" / "00000") == digest(tmp_path / "three" / "train" / "00000")
+    for index, row in enumerate(single):
+        captions = rows[3 * index : 3 * index + 3]
+        assert captions[0] == row and {c["video"] for c in captions} == {row["video"]}
+        scene = json.loads((tmp_path / "one" / "train" / f"{index:05d}" / "scene.json").read_text())
+        for caption in captions[1:]:
+            words = set(caption["prompt"].split())
+            for obj in scene["objects"]:
+                assert obj["colour"] in words or obj["shape"] in words, caption["prompt"]
+            assert words <= set(row["prompt"].split()) | {"an", "object"}
+    assert any(c["prompt"] != r["prompt"] for c, r in zip(rows[1::3], single))
 
 
 def test_the_command_writes_one_split_of_one_object_scenes(tmp_path):

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
 import time
 from pathlib import Path
@@ -52,6 +53,10 @@ WORLD = dict(height=64, width=64, frames=17, min_size=0.3, max_size=0.45, large_
 TEXT_TOKENS = 32  # the world's longest prompt has 19; padding to Wan's 512 made half of a step cross-attention to pads
 NEIGHBOUR_OFFSETS = (0, -1, 1, 2)  # the text encoder's heads, each fixed on the token at this offset
 STREAMS = ("rgb", *MODALITY_COLUMNS)
+# Each training clip also comes with partial captions (some words left out), so each word is seen apart from the words
+# it came with: with one caption per clip, r13 drew the same clip for every seed of a prompt and, for a colour x shape
+# pair it never saw, something of that colour it had seen (a "large red cube" came out a small red ball).
+CAPTIONS = 3
 SAMPLING = {"steps": 20, "guidance_scale": 3.0}  # the CLI's defaults for this model, chosen with `unityvideo eval`
 
 
@@ -69,9 +74,9 @@ def fit_tokenizer(prompts: list[str]):
                                    model_max_length=TEXT_TOKENS)  # fmt: skip
 
 
-def local_text_encoder(vocab_size: int, seed: int):
+def local_text_encoder(vocab_size: int, seed: int, offsets: tuple[int, ...] = NEIGHBOUR_OFFSETS):
     """A small UMT5 encoder at its seeded initialisation, except that each attention head of every layer looks only
-    at one neighbour (`NEIGHBOUR_OFFSETS`), through its relative-position bias.
+    at one neighbour (one head per entry of `offsets`), through its relative-position bias.
 
     At plain random initialisation the encoder mixes nothing: a word's output has cosine 1.000 to itself whatever its
     neighbours ("ball" in "red ball and blue cube" and in "blue ball and red cube"), so the transformer cannot tell
@@ -80,25 +85,28 @@ def local_text_encoder(vocab_size: int, seed: int):
 
     torch.manual_seed(seed)
     config = UMT5Config(vocab_size=vocab_size, d_model=TRANSFORMER["text_dim"], d_kv=16, d_ff=128, num_layers=2,
-                        num_heads=len(NEIGHBOUR_OFFSETS), relative_attention_num_buckets=16, pad_token_id=0, eos_token_id=1)  # fmt: skip
+                        num_heads=len(offsets), relative_attention_num_buckets=16, pad_token_id=0, eos_token_id=1)  # fmt: skip
     encoder = UMT5EncoderModel(config).eval()
     with torch.no_grad():
         for block in encoder.encoder.block:
             attention = block.layer[0].SelfAttention
-            buckets = attention._relative_position_bucket(torch.tensor(NEIGHBOUR_OFFSETS))
+            buckets = attention._relative_position_bucket(torch.tensor(offsets))
             bias = torch.full_like(attention.relative_attention_bias.weight, -30.0)  # e^-30: no weight off the neighbour
-            bias[buckets, torch.arange(len(NEIGHBOUR_OFFSETS))] = 0.0
+            bias[buckets, torch.arange(len(offsets))] = 0.0
             attention.relative_attention_bias.weight.copy_(bias)
     return encoder
 
 
 def clip_tensors(csv_root: Path, frames: int) -> list[torch.Tensor]:
-    """Every stream of every clip as a (3, F, H, W) tensor in [-1, 1]."""
+    """Every stream of every clip as a (3, F, H, W) tensor in [-1, 1] (a clip with several captions once)."""
     import csv
 
-    videos = []
+    videos, seen = [], set()
     with open(csv_root / "metadata.csv", newline="") as handle:
         for row in csv.DictReader(handle):
+            if row["video"] in seen:
+                continue
+            seen.add(row["video"])
             for column in ("video", *MODALITY_COLUMNS):  # STREAMS order
                 array = np.stack([np.asarray(f, dtype=np.float32) / 127.5 - 1 for f in load_frames(csv_root / row[column])])
                 videos.append(torch.from_numpy(array[:frames]).permute(3, 0, 1, 2))
@@ -233,8 +241,9 @@ def train_config(work: Path, save_path: Path, steps: int, **overrides):
     return TrainConfig(**{**values, **overrides})
 
 
-def build(output: str | Path, minutes: float = 85.0, vae_share: float = 0.4, train_clips: int = 400, eval_clips: int = 40,
-          seed: int = 0, work: str | Path | None = None, vae_object_weight: float = 10.0, log=print) -> Path:  # fmt: skip
+def build(output: str | Path, minutes: float = 85.0, vae_share: float = 0.4, train_clips: int = 800, eval_clips: int = 40,
+          seed: int = 0, work: str | Path | None = None, vae_object_weight: float = 10.0, captions: int = CAPTIONS,
+          log=print) -> Path:  # fmt: skip
     """Run the whole recipe; returns the demo pipeline folder."""
     from diffusers import UniPCMultistepScheduler
     from ..models import UnityVideoTransformer3DModel
@@ -247,8 +256,9 @@ def build(output: str | Path, minutes: float = 85.0, vae_share: float = 0.4, tra
     output = Path(output)
     work = Path(work) if work else output.with_name(output.name + ".work")
     world = WorldConfig(**WORLD)
-    csv_path = write_split(work / "shapesworld", "train", train_clips, seed, world)
-    write_split(work / "shapesworld", "eval", eval_clips, seed, world)
+    processes = os.cpu_count() or 1
+    csv_path = write_split(work / "shapesworld", "train", train_clips, seed, world, processes, captions)
+    write_split(work / "shapesworld", "eval", eval_clips, seed, world, processes)
     log(f"data: {csv_path} ({time.perf_counter() - started:.0f} s)")
 
     import csv
@@ -278,7 +288,7 @@ def build(output: str | Path, minutes: float = 85.0, vae_share: float = 0.4, tra
         vae.encode(torch.stack(videos[: len(STREAMS)]))
         for stream in STREAMS:
             load_frames(csv_path.parent / "00000" / stream)
-    encode_seconds = 1.5 * (time.perf_counter() - start) * len(videos) / len(STREAMS)
+    encode_seconds = 1.5 * (time.perf_counter() - start) * len(videos) / len(STREAMS)  # a clip's other captions: text only
     reserve = encode_seconds + 0.02 * budget + 60  # encoding the data once, checkpoints and export
     steps = max(10, int((budget - (time.perf_counter() - started) - reserve) / seconds_per_step))
     log(f"transformer: about {seconds_per_step:.3f} s/step; training {steps} steps")
@@ -296,7 +306,7 @@ def build(output: str | Path, minutes: float = 85.0, vae_share: float = 0.4, tra
         shutil.rmtree(output)
     pipe.save_pretrained(output)
     (output / "recipe.json").write_text(json.dumps({
-        "minutes": minutes, "vae_steps": vae_steps, "vae_object_weight": vae_object_weight, "vae_psnr_db": vae_psnr, "transformer_steps": trained_steps, "seed": seed, "train_clips": train_clips,
+        "minutes": minutes, "vae_steps": vae_steps, "vae_object_weight": vae_object_weight, "vae_psnr_db": vae_psnr, "transformer_steps": trained_steps, "seed": seed, "train_clips": train_clips, "captions": captions,
         "seconds": round(time.perf_counter() - started), "world": {k: WORLD[k] for k in ("height", "width", "frames")},
         "sampling": SAMPLING,
         "exported_from": str(exported.relative_to(work)),
@@ -311,16 +321,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", required=True)
     parser.add_argument("--minutes", type=float, default=85.0, help="the whole budget (the bundled model: 85, on a 2-core CPU)")
     parser.add_argument("--vae-share", type=float, default=0.4)
-    parser.add_argument("--train-clips", type=int, default=400)
+    parser.add_argument("--train-clips", type=int, default=800)
+    parser.add_argument("--captions", type=int, default=CAPTIONS, help="rows per training clip: its caption, then partial ones")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--vae-object-weight", type=float, default=10.0,
                         help="extra loss weight of the VAE on and next to the objects (0: unweighted)")
     args = parser.parse_args(argv)
     if not 0 < args.vae_share < 1 or args.minutes <= 0 or not math.isfinite(args.minutes):
         parser.error("--minutes must be positive and --vae-share in (0, 1).")
+    if args.captions < 1:
+        parser.error(f"--captions must be >= 1, got {args.captions}.")
     if not 0 <= args.vae_object_weight < math.inf:
         parser.error(f"--vae-object-weight must be a finite number >= 0, got {args.vae_object_weight}.")
-    build(args.output, args.minutes, args.vae_share, args.train_clips, seed=args.seed, vae_object_weight=args.vae_object_weight)
+    build(args.output, args.minutes, args.vae_share, args.train_clips, seed=args.seed, vae_object_weight=args.vae_object_weight,
+          captions=args.captions)
 
 
 if __name__ == "__main__":

@@ -99,12 +99,22 @@ class Scene:
     objects: list[SceneObject] = field(default_factory=list)
     large_from: float = LARGE_FROM  # its world's WorldConfig.large_from
 
-    def prompt(self) -> str:
+    def prompt(self, rng: np.random.Generator | None = None) -> str:
+        """The scene's caption ("a large red cube slides right in front of a grey wall"). With `rng`, a partial one:
+        each object's size, colour and motion are left out with probability 1/2 and its shape is named "object" with
+        probability 1/2 (never both colour and shape), and the wall with probability 1/2."""
         parts = []
         for obj in sorted(self.objects, key=lambda o: o.depth):
-            size = "small" if obj.size < self.large_from else "large"
-            parts.append(f"a {size} {obj.colour} {obj.shape} {obj.motion}")
-        return " and ".join(parts) + f" in front of a {self.background} wall"
+            words = ["small" if obj.size < self.large_from else "large", obj.colour, obj.shape, obj.motion]
+            if rng is not None:
+                kept = rng.random(len(words)) < 0.5
+                if not kept[1] and not kept[2]:
+                    kept[1 + int(rng.integers(2))] = True
+                words = [word if keep else "object" if index == 2 else None for index, (word, keep) in enumerate(zip(words, kept))]
+            description = " ".join(word for word in words if word)
+            parts.append(f"{'an' if description[0] in 'aeiou' else 'a'} {description}")
+        wall = rng is None or rng.random() < 0.5
+        return " and ".join(parts) + (f" in front of a {self.background} wall" if wall else "")
 
 
 def sample_scene(rng: np.random.Generator, config: WorldConfig, split: str) -> Scene:
@@ -247,8 +257,9 @@ def _write_frames(video: np.ndarray, folder: Path) -> None:
         PIL.Image.fromarray(frame).save(folder / f"{index:05d}.png", optimize=False)
 
 
-def _write_clip(root: Path, split: str, index: int, seed: int, config: WorldConfig) -> dict[str, str]:
-    """Render clip `index` of `split` into root/NNNNN and return its metadata row."""
+def _write_clip(root: Path, split: str, index: int, seed: int, config: WorldConfig, captions: int) -> list[dict[str, str]]:
+    """Render clip `index` of `split` into root/NNNNN and return its metadata rows: the full caption, then
+    `captions` - 1 partial ones (`Scene.prompt`)."""
     rng = np.random.default_rng([seed, 0 if split == "train" else 1, index])
     scene = sample_scene(rng, config, split)
     truth = render(scene, config)
@@ -259,32 +270,35 @@ def _write_clip(root: Path, split: str, index: int, seed: int, config: WorldConf
     np.savez_compressed(root / clip / "gt.npz", depth=truth["depth"].astype(np.float32), flow=truth["flow"].astype(np.float32),
                         labels=truth["labels"].astype(np.uint8), normal=truth["normal"].astype(np.float32))  # fmt: skip
     (root / clip / "scene.json").write_text(json.dumps(asdict(scene), indent=1))
-    return {"video": f"{clip}/rgb", "prompt": scene.prompt(), **{m: f"{clip}/{m}" for m in MODALITY_COLUMNS}}
+    paths = {"video": f"{clip}/rgb", **{m: f"{clip}/{m}" for m in MODALITY_COLUMNS}}
+    return [{**paths, "prompt": scene.prompt(rng if caption else None)} for caption in range(captions)]
 
 
 def write_split(output: str | os.PathLike, split: str, count: int, seed: int, config: WorldConfig,
-                processes: int = 1) -> Path:  # fmt: skip
+                processes: int = 1, captions: int = 1) -> Path:  # fmt: skip
     """Write `count` clips of `split` ("train" or "eval") and their metadata.csv; returns the CSV path. Clip i uses
     the generator seeded by (seed, split, i): the same settings always give the same files, however many
-    `processes` render them."""
+    `processes` render them. `captions` > 1 gives each clip that many rows: its full caption, then partial ones
+    (`Scene.prompt`), so that each word is also seen apart from the words it always comes with."""
     config.validate()
     if split not in ("train", "eval"):
         raise ValueError(f"split must be 'train' or 'eval', got {split!r}.")
     if count < 1:
         raise ValueError(f"count must be positive, got {count}.")
-    if processes < 1:
-        raise ValueError(f"processes must be positive, got {processes}.")
+    if processes < 1 or captions < 1:
+        raise ValueError(f"processes and captions must be positive, got {processes} and {captions}.")
     root = Path(output) / split
     if root.exists():
         shutil.rmtree(root)
-    jobs = [(root, split, index, seed, config) for index in range(count)]
+    jobs = [(root, split, index, seed, config, captions) for index in range(count)]
     if processes == 1:
-        rows = list(itertools.starmap(_write_clip, jobs))
+        clips = list(itertools.starmap(_write_clip, jobs))
     else:
         import multiprocessing
 
         with multiprocessing.get_context("spawn").Pool(processes) as pool:
-            rows = pool.starmap(_write_clip, jobs, chunksize=max(1, count // (8 * processes)))
+            clips = pool.starmap(_write_clip, jobs, chunksize=max(1, count // (8 * processes)))
+    rows = [row for clip_rows in clips for row in clip_rows]
     with open(root / "metadata.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=["video", "prompt", *MODALITY_COLUMNS])
         writer.writeheader()
@@ -315,13 +329,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--min-objects", type=int, default=WorldConfig.min_objects)
     parser.add_argument("--max-objects", type=int, default=WorldConfig.max_objects)
     parser.add_argument("--processes", type=int, default=1, help="render clips in this many processes (the files are the same)")
+    parser.add_argument("--captions", type=int, default=1, help="rows per training clip: the full caption, then partial ones")
     parser.add_argument("--demo-world", action="store_true",
                         help="the bundled demo model's world (its object sizes, starts and speeds) instead of the defaults")  # fmt: skip
     args = parser.parse_args(argv)
     if min(args.train, args.eval) < 0 or not args.train + args.eval:
         parser.error(f"--train and --eval must be >= 0 and not both 0, got {args.train} and {args.eval}")
-    if args.processes < 1:
-        parser.error(f"--processes must be >= 1, got {args.processes}")
+    if args.processes < 1 or args.captions < 1:
+        parser.error(f"--processes and --captions must be >= 1, got {args.processes} and {args.captions}")
     world = {}
     if args.demo_world:
         from .demo_model import WORLD as world
@@ -329,7 +344,7 @@ def main(argv: list[str] | None = None) -> None:
                             "min_objects": args.min_objects, "max_objects": args.max_objects})  # fmt: skip
     for split, count in (("train", args.train), ("eval", args.eval)):
         if count:
-            print(f"Wrote {write_split(args.output, split, count, args.seed, config, args.processes)}")
+            print(f"Wrote {write_split(args.output, split, count, args.seed, config, args.processes, args.captions if split == 'train' else 1)}")
 
 
 if __name__ == "__main__":

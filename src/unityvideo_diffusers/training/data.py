@@ -92,13 +92,19 @@ class LatentCache:
     def build(self, rows: list[Row], pipe, modalities: list[str], num_frames: int, height: int, width: int,
               max_sequence_length: int, progress: bool = True) -> dict:  # fmt: skip
         """Encode every row with `pipe` (its VAE and text encoder); a row already in the folder is kept, so an
-        interrupted build resumes. Returns the index: usable rows and the skipped ones with reasons."""
+        interrupted build resumes, and rows with the same videos (several captions of one clip) share one VAE
+        encoding. Returns the index: usable rows and the skipped ones with reasons."""
         self.folder.mkdir(parents=True, exist_ok=True)
         device = pipe._execution_device
-        usable, skipped = [], {}
+        usable, skipped, encoded = [], {}, {}
         for row in tqdm(rows, desc="encoding training data", disable=not progress):
             path = self.folder / f"{row.index:07d}.safetensors"
-            if not path.is_file():
+            videos = (row.video, *sorted(row.modalities.items()))
+            if not path.is_file() and videos in encoded:
+                tensors = load_file(encoded[videos])
+                tensors["prompt_embeds"] = self._encode_trimmed(pipe, row.prompt, max_sequence_length, device)
+                _save_atomic(tensors, path)
+            elif not path.is_file():
                 try:
                     frames = load_row_frames(row, num_frames, height, width)
                 except (OSError, ValueError) as error:
@@ -113,6 +119,7 @@ class LatentCache:
                     tensors["foreground"] = foreground_mask(frames["segmentation"], tuple(latents.shape[-3:]))
                 tensors["prompt_embeds"] = self._encode_trimmed(pipe, row.prompt, max_sequence_length, device)
                 _save_atomic(tensors, path)
+            encoded.setdefault(videos, path)
             usable.append(row.index)
         prompts = {"empty": self._encode_trimmed(pipe, "", max_sequence_length, device)}
         for name in modalities:
