@@ -190,6 +190,34 @@ def test_runs_share_a_latent_cache_that_fits(world, tmp_path, monkeypatch):
         config_for(world, tmp_path / "x", held_out_loss_every=5)
 
 
+def test_captions_of_one_clip_share_its_encoding(world, tmp_path):
+    """Rows with the same videos and other prompts (several captions of a clip) are encoded by the VAE once: the
+    same latents, their own prompt embeddings."""
+    from unityvideo_diffusers.training.data import LatentCache, read_metadata
+
+    data = world / "data"
+    with open(tmp_path / "captions.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["video", "prompt", "depth"])
+        writer.writeheader()
+        for prompt in ("a red ball bouncing", "a ball", "a red ball bouncing on a wooden floor"):
+            writer.writerow({"video": str(data / "rgb0"), "prompt": prompt, "depth": str(data / "depth0")})
+        writer.writerow({"video": str(data / "rgb1"), "prompt": "a ball", "depth": str(data / "depth1")})
+    pipe = UnityVideoPipeline.from_pretrained(world / "model")
+    calls = []
+    encode = pipe.vae.encode
+    pipe.vae.encode = lambda video: calls.append(video.shape[0]) or encode(video)
+    cache = LatentCache(tmp_path / "cache")
+    with torch.no_grad():
+        cache.build(read_metadata(tmp_path / "captions.csv", ["depth"]), pipe, ["depth"], 9, 64, 64, 16, progress=False)
+    assert calls == [2, 2]  # one call per clip, its RGB and depth videos together
+    first, second, third, other = (cache.sample(i) for i in range(4))
+    for row in (second, third):
+        assert torch.equal(row["rgb"], first["rgb"]) and torch.equal(row["modality.depth"], first["modality.depth"])
+    assert not torch.equal(other["rgb"], first["rgb"])
+    assert len({tuple(row["prompt_embeds"].shape) for row in (first, second, third)}) == 3
+    assert torch.equal(other["prompt_embeds"], second["prompt_embeds"])
+
+
 def test_new_modality_trains_and_loads(world, tmp_path):
     data = world / "data"
     rows = list(csv.DictReader(open(data / "metadata.csv")))
