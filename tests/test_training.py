@@ -190,6 +190,28 @@ def test_runs_share_a_latent_cache_that_fits(world, tmp_path, monkeypatch):
         config_for(world, tmp_path / "x", held_out_loss_every=5)
 
 
+def test_a_task_can_draw_modalities_with_its_own_weights(world, tmp_path):
+    """task_modality_weights replaces modality_weights for the tasks it names: here perception always draws flow,
+    the other tasks both modalities, as before."""
+    from unityvideo_diffusers.training.trainer import MultiTaskSampler
+
+    config = config_for(world, tmp_path, task_modality_weights={"video2flow": {"raft": 1.0}})
+    drawn = {}
+    sampler = MultiTaskSampler(config, {"depth": [0, 1, 2, 3], "raft": [0, 1]}, rank=0, world=1)
+    for step in range(300):
+        task, modality, _ = sampler.draw(step)
+        drawn.setdefault(task.name, set()).add(modality)
+    assert drawn == {"perception": {"raft"}, "joint": {"depth", "raft"}, "control": {"depth", "raft"}}
+    plain = MultiTaskSampler(config_for(world, tmp_path), {"depth": [0, 1, 2, 3], "raft": [0, 1]}, rank=0, world=1)
+    assert [plain.draw(step)[0].name for step in range(50)] == [MultiTaskSampler(config, plain.rows_with, 0, 1).draw(s)[0].name
+                                                               for s in range(50)]  # the same tasks, step by step
+    with pytest.raises(ConfigError, match="task_modality_weights give perception no weight"):
+        MultiTaskSampler(config_for(world, tmp_path, task_modality_weights={"perception": {"segmentation": 1.0}}),
+                         {"depth": [0], "raft": [0]}, rank=0, world=1)  # fmt: skip
+    with pytest.raises(ConfigError, match="give a mapping of modality to weight"):
+        config_for(world, tmp_path, task_modality_weights={"joint": 3})
+
+
 def test_captions_of_one_clip_share_its_encoding(world, tmp_path):
     """Rows with the same videos and other prompts (several captions of a clip) are encoded by the VAE once: the
     same latents, their own prompt embeddings."""

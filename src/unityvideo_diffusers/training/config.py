@@ -33,6 +33,7 @@ class TrainConfig:
     task_weights: dict[str, float] = field(default_factory=lambda: {"joint": 0.5, "perception": 0.25, "control": 0.25})
     modalities: list[str] | None = None  # None: every modality column of the CSV that the model knows
     modality_weights: dict[str, float] | None = None  # None: uniform
+    task_modality_weights: dict[str, dict[str, float]] = field(default_factory=dict)  # a task's own modality_weights
     timestep_distribution: str = "logit_normal"  # or "uniform"
     timestep_shift: float = 5.0
     prompt_dropout: float = 0.1
@@ -109,6 +110,16 @@ class TrainConfig:
         if self.modality_weights is not None:
             need(all(float(w) >= 0 for w in self.modality_weights.values()) and sum(self.modality_weights.values()) > 0,
                  "modality_weights must be non-negative with a positive sum")  # fmt: skip
+        try:
+            for task, weights in self.task_modality_weights.items():
+                if not isinstance(weights, dict):
+                    raise TypeError(f"{task}: give a mapping of modality to weight, got {weights!r}")
+            self.task_modality_weights = {resolve_task(task).name: weights for task, weights in self.task_modality_weights.items()}
+            for task, weights in self.task_modality_weights.items():
+                need(all(float(w) >= 0 for w in weights.values()) and sum(weights.values()) > 0,
+                     f"task_modality_weights[{task!r}] must be non-negative with a positive sum")  # fmt: skip
+        except (ValueError, TypeError, AttributeError) as error:
+            problems.append(f"task_modality_weights: {error}")
         for name in self.new_modalities:
             need(name.isidentifier(), f"new_modalities: {name!r} is not an identifier-like name")
         need(self.timestep_distribution in ("logit_normal", "uniform"), "timestep_distribution must be 'logit_normal' or 'uniform'")

@@ -50,22 +50,25 @@ class MultiTaskSampler:
     def __init__(self, config: TrainConfig, rows_with: dict[str, list[int]], rank: int, world: int):
         self.config, self.rows_with, self.rank, self.world = config, rows_with, rank, world
         self.modalities = list(rows_with)
-        weights = config.modality_weights or {}
-        self.modality_weights = torch.tensor([float(weights.get(m, 0.0 if weights else 1.0)) for m in self.modalities])
-        if self.modality_weights.sum() <= 0:
-            raise ConfigError(f"modality_weights give no weight to the modalities with data: {self.modalities}.")
         if config.task == "multi":
             self.tasks = [resolve_task(name) for name in config.task_weights]
             self.task_weights = torch.tensor(list(config.task_weights.values()))
         else:
             self.tasks, self.task_weights = [resolve_task(config.task)], torch.ones(1)
+        self.modality_weights = {}  # per task: its own task_modality_weights, else modality_weights
+        for task in self.tasks:
+            name = "task_modality_weights" if task.name in config.task_modality_weights else "modality_weights"
+            weights = config.task_modality_weights.get(task.name, config.modality_weights) or {}
+            self.modality_weights[task.name] = torch.tensor([float(weights.get(m, 0.0 if weights else 1.0)) for m in self.modalities])
+            if self.modality_weights[task.name].sum() <= 0:
+                raise ConfigError(f"{name} give {task.name} no weight on the modalities with data: {self.modalities}.")
         self.drawn = {m: 0 for m in self.modalities}  # batches of each modality drawn so far
         self.next_step = 0
 
     def _choice(self, step: int):
         generator = step_generator(self.config.seed, step, 0)
         task = self.tasks[int(torch.multinomial(self.task_weights, 1, generator=generator))]
-        modality = self.modalities[int(torch.multinomial(self.modality_weights, 1, generator=generator))]
+        modality = self.modalities[int(torch.multinomial(self.modality_weights[task.name], 1, generator=generator))]
         return task, modality
 
     def draw(self, step: int):
