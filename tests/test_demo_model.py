@@ -18,7 +18,10 @@ from unityvideo_diffusers.data.shapesworld import WorldConfig, write_split
 def test_recipe_at_a_toy_budget(tmp_path):
     model = build(tmp_path / "demo", minutes=0.6, train_clips=4, eval_clips=1, log=lambda *_: None)
     recipe = json.loads((model / "recipe.json").read_text())
-    assert recipe["vae_steps"] >= 1 and recipe["transformer_steps"] >= 10
+    assert recipe["vae_steps"] >= 1 and recipe["transformer_steps"] >= 1 and recipe["finish_steps"] >= 1
+    assert recipe["exported_from"] == "finish/final_ema"  # the finishing phase trained on from the main run's EMA
+    finishing = json.loads((tmp_path / "demo.work" / "finish" / "train_config.json").read_text())
+    assert finishing["model_path"].endswith("run/final_ema") and finishing["latent_cache"].endswith("run/latent_cache")
     assert set(recipe["vae_psnr_db"]) == {"rgb", "depth", "raft", "segmentation", "normal", "edge"}
     size = sum(p.stat().st_size for p in model.rglob("*") if p.is_file())
     assert size < 25 * 2**20
