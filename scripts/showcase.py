@@ -4,7 +4,7 @@
 
 Row 1, text -> video + depth: RGB and its generated depth for two prompts (one of them a held-out colour x shape pair).
 Row 2, depth -> video: a held-out clip's exact depth as the control, and the generated video.
-Row 3, video -> depth and segmentation: a held-out clip, and the model's estimates.
+Row 3, video -> depth, segmentation and optical flow: a held-out clip, and the model's estimates.
 Frames are enlarged 2x (nearest) so the 64 x 64 model output stays legible.
 """
 
@@ -72,7 +72,7 @@ def main() -> None:
         controlled = control(prompt, control_video=str(clip / "depth"), modality="depth", guidance_scale=guidance,
                              generator=generator(), **common).frames[0]
         estimates = [perception(video=str(clip / "rgb"), modality=m, generator=generator(), **common).modality_frames[0]
-                     for m in ("depth", "segmentation")]  # fmt: skip
+                     for m in ("depth", "segmentation", "raft")]  # fmt: skip
     video = tile([joint_row, [depth, controlled], [rgb, *estimates]])
     print(f"wrote {save_video(video, args.output, fps=8)}")
 

@@ -17,10 +17,12 @@
    with finer tokens reconstruct shape and motion better, but a transformer step costs more and, in this budget, the
    transformers behind them estimated far worse: docs/demo_model.md.) The pipelines take any such VAE from its config.
 4. A small UnityVideoTransformer3DModel for ShapesWorld's modalities, trained with the multi-task recipe
-   (`unityvideo_diffusers.training`), its RGB loss weighted towards the objects and its blocks compiled, until the
-   budget runs out; exported from its EMA weights.
+   (`unityvideo_diffusers.training`), its RGB loss weighted towards the objects and its blocks compiled, then a
+   finishing phase from its EMA weights that gives half of its steps to estimating optical flow (FINISH), until the
+   budget runs out; exported from the finishing phase's EMA weights.
 
-`--minutes` is the whole budget; the VAE gets `--vae-share` of it and the transformer the rest.
+`--minutes` is the whole budget; the VAE gets `--vae-share` of it and the transformer the rest, the last
+`--finish-share` of the transformer's steps in the finishing phase.
 """
 
 from __future__ import annotations
