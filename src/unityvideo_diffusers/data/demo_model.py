@@ -173,7 +173,8 @@ def train_vae(videos: list[torch.Tensor], seconds: float, seed: int, crop: int =
     weights = object_weights(videos, object_weight)
     _, _, height, width = videos[0].shape
     started, step = time.perf_counter(), 0
-    while (elapsed := time.perf_counter() - started) < seconds:
+    while step == 0 or time.perf_counter() - started < seconds:  # at least one step, however short the budget
+        elapsed = time.perf_counter() - started
         picks = torch.randint(len(videos), (batch_size,), generator=generator).tolist()
         tops = torch.randint(height - crop + 1, (batch_size,), generator=generator).tolist()
         lefts = torch.randint(width - crop + 1, (batch_size,), generator=generator).tolist()
@@ -247,10 +248,10 @@ def train_config(work: Path, save_path: Path, steps: int, **overrides):
     return TrainConfig(**{**values, **overrides})
 
 
-def finish_config(work: Path, save_path: Path, steps: int, **overrides):
-    """The finishing phase (FINISH): the main run's EMA weights trained on, on its latent cache."""
-    return train_config(work, save_path, steps, model_path=str(work / "run" / "final_ema"),
-                        latent_cache=str(work / "run" / "latent_cache"), **{**FINISH, **overrides})  # fmt: skip
+def finish_config(work: Path, main_run: Path, save_path: Path, steps: int, **overrides):
+    """The finishing phase (FINISH): `main_run`'s EMA weights trained on, on its latent cache."""
+    return train_config(work, save_path, steps, model_path=str(main_run / "final_ema"),
+                        latent_cache=str(main_run / "latent_cache"), **{**FINISH, **overrides})  # fmt: skip
 
 
 def build(output: str | Path, minutes: float = 85.0, vae_share: float = 0.3, train_clips: int = 400, eval_clips: int = 40,
@@ -316,7 +317,7 @@ def build(output: str | Path, minutes: float = 85.0, vae_share: float = 0.3, tra
     trained_steps = int(latest_checkpoint(run).name.removeprefix("checkpoint-"))
     exported, finished_steps = run / "final_ema", 0
     if finish_steps:
-        train(finish_config(work, finish, finish_steps, max_minutes=minutes_left(60)))
+        train(finish_config(work, run, finish, finish_steps, max_minutes=minutes_left(60)))
         finished_steps = int(latest_checkpoint(finish).name.removeprefix("checkpoint-"))
         exported = finish / "final_ema"
 
