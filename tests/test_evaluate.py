@@ -169,10 +169,12 @@ def test_accuracy_is_class_balanced_so_a_constant_answer_gains_nothing_from_a_ma
         half_the_cubes_and_the_rest.add("shape_accuracy", float(correct), group=shape)
     assert always_cube.means()["shape_accuracy"] == 1 / 3  # plain accuracy: 0.6
     assert half_the_cubes_and_the_rest.means()["shape_accuracy"] == (0.5 + 1 + 1) / 3
+    assert {name: value for name, value in half_the_cubes_and_the_rest.means().items() if name.startswith("shape_accuracy/")} == {
+        "shape_accuracy/ball": 1.0, "shape_accuracy/cube": 0.5, "shape_accuracy/triangle": 1.0}  # fmt: skip
     plain = Scores()
     for value in (1.0, 0.0, 0.0):
         plain.add("iou", value)
-    assert plain.means()["iou"] == 1 / 3
+    assert plain.means() == {"iou": 1 / 3}
 
 
 def test_layering_accuracy_is_high_on_the_truth_and_chance_when_objects_swap():

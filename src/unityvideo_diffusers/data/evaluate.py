@@ -9,8 +9,9 @@
   objects; depth layering: with a depth control, the share of object pixels painted in the colour of the object the
   depth puts there (the nearer one where objects overlap);
 - text -> video (one-object prompts): colour, shape and motion direction recovered from the generated frames, as
-  class-balanced accuracy (the mean over the prompts' values of the share read right): the held-out colour x shape
-  pairs are half cubes, so plain accuracy would give a model that draws every object as a cube 0.5. Shapes are read
+  class-balanced accuracy (the mean over the prompts' values of the share read right, each value's share reported
+  too, e.g. `text2video/shape_accuracy/cube`): the held-out colour x shape pairs are half cubes, so plain accuracy
+  would give a model that draws every object as a cube 0.5. Shapes are read
   by a reader calibrated on how the evaluated model's VAE draws each shape (`calibrate_shape_reader`, fresh scenes of
   the training split), the same reader for every column; `--shape-reader exact` reads them as drawn exactly;
 - joint generation: agreement (Cohen's kappa) between the objects of the generated RGB video and of its generated
@@ -216,13 +217,18 @@ def _array(frames) -> np.ndarray:
 class Scores(dict):
     """Per-clip values of each metric, averaged at the end. Values added with a `group` (the class a clip's answer
     should be) average per group first, then over the groups: class-balanced, so a set with more clips of one class
-    does not favour an answer that always names it."""
+    does not favour an answer that always names it. Each group's own mean is kept too, as `name/group` (the share of
+    the prompts naming a cube read as a cube: "text2video/shape_accuracy/cube")."""
 
     def add(self, name: str, value: float, group: str | None = None) -> None:
         self.setdefault(name, {}).setdefault(group, []).append(value)
 
     def means(self) -> dict[str, float]:
-        return {name: float(np.mean([np.mean(values) for values in groups.values()])) for name, groups in sorted(self.items())}
+        means = {}
+        for name, groups in sorted(self.items()):
+            means[name] = float(np.mean([np.mean(values) for values in groups.values()]))
+            means.update({f"{name}/{group}": float(np.mean(values)) for group, values in sorted(groups.items()) if group is not None})
+        return means
 
 
 JOBS = ("perception", "control", "text2video")
