@@ -66,6 +66,16 @@ def test_the_reader_recovers_colour_shape_and_motion_from_true_frames():
     assert rates["colour"] > 0.95 and rates["shape"] > 0.8 and rates["motion"] > 0.8 and np.mean(ious) > 0.9, (rates, np.mean(ious))
 
 
+def test_a_bounce_reads_as_one_when_its_last_landing_is_short():
+    config = WorldConfig(height=64, width=64, frames=17, min_objects=1, max_objects=1)
+    rng = np.random.default_rng(5)
+    scene = next(s for s in (sample_scene(rng, config, "train") for _ in range(200)) if s.objects[0].motion == "bounces")
+    frames = render(scene, config)["rgb"]
+    assert read_object(frames, scene.background)["motion"] == "bounces"
+    frames[-1] = np.roll(frames[-1], -4, axis=0)  # as a 4x temporal VAE draws it: the last landing 4 px high
+    assert read_object(frames, scene.background)["motion"] == "bounces"
+
+
 def test_the_reader_ignores_stray_pixels_off_the_object():
     config = WorldConfig(height=64, width=64, frames=17, min_objects=1, max_objects=1)
     rng = np.random.default_rng(3)
