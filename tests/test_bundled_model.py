@@ -6,7 +6,7 @@ on the three clips (model / trivial / untrained): depth AbsRel 0.186 / 0.558 / 0
 segmentation IoU 0.746 / 0 / 0.185, normal error 11.1 / 27.3 / 93.5 degrees, flow end-point error 0.436 / 0.485 /
 0.576 px (moving pixels 1.673 / 2.255 / 2.212); control IoU (segmentation, depth) 0.522, 0.541 / - / 0.143, 0.143;
 on eight one-object clips class-balanced colour accuracy 0.833 / 0.250 / 0.000, motion accuracy 0.333 / 0.250 /
-0.083 (eight clips for seven motions: the word reading below, and 0.636 against 0.174 on the docs' 56 clips, are
+0.000 (eight clips for seven motions: the word reading below, and 0.668 against 0.170 on the docs' 56 clips, are
 the steadier measure), RGB-segmentation kappa 0.374 / 0 / 0.024, and word reading of the colour and motion words
 1.46 and 0.21 / 0 / 0.000."""
 
