@@ -11,9 +11,9 @@
 - text -> video (one-object prompts): colour, shape and motion direction recovered from the generated frames, as
   class-balanced accuracy (the mean over the prompts' values of the share read right, each value's share reported
   too, e.g. `text2video/shape_accuracy/cube`): the held-out colour x shape pairs are half cubes, so plain accuracy
-  would give a model that draws every object as a cube 0.5. Shapes are read
-  by a reader calibrated on how the evaluated model's VAE draws each shape (`calibrate_shape_reader`, fresh scenes of
-  the training split), the same reader for every column; `--shape-reader exact` reads them as drawn exactly;
+  would give a model that draws every object as a cube 0.5. Shapes are read by a reader calibrated on how the
+  evaluated model's VAE draws each shape (`calibrate_shape_reader`, fresh scenes of the training split), the same
+  reader for every column; `--shape-reader exact` reads them as drawn exactly;
 - joint generation: agreement (Cohen's kappa) between the objects of the generated RGB video and of its generated
   segmentation;
 - word reading (one-object prompts, no sampling): how much worse the model denoises a clip when its prompt's colour,
@@ -197,7 +197,7 @@ def read_object(frames: np.ndarray, background: str, shape_reader: ShapeReader =
     growth = math.log(areas[-1] / areas[0])
     candidates = {"slides left": -dx, "slides right": dx, "rises": -dy, "falls": dy, "approaches": 8 * growth,
                   "recedes": -8 * growth}  # fmt: skip
-    # A bounce goes up and comes back: its height range is at least twice its net move or any other motion's sign.
+    # A bounce goes up and comes back: its height range is at least twice its net move and the other motions' measures.
     # Not "ends where it began": a 4x temporal VAE rounds off the last landing, leaving 2-6 px of net rise.
     height_range = centres[:, 1].max() - centres[:, 1].min()
     bounce = height_range > 2 and max(abs(dx), abs(dy), 8 * abs(growth)) < height_range / 2
