@@ -197,10 +197,11 @@ def read_object(frames: np.ndarray, background: str, shape_reader: ShapeReader =
     growth = math.log(areas[-1] / areas[0])
     candidates = {"slides left": -dx, "slides right": dx, "rises": -dy, "falls": dy, "approaches": 8 * growth,
                   "recedes": -8 * growth}  # fmt: skip
-    # A bounce goes up and comes back: its height range is at least twice its net move and the other motions' measures.
-    # Not "ends where it began": a 4x temporal VAE rounds off the last landing, leaving 2-6 px of net rise.
+    # A bounce goes up and comes back: its height range is at least twice every other motion's measure (each is in
+    # `candidates` with both signs). Not "ends where it began": a 4x temporal VAE rounds off the last landing, leaving
+    # 2-6 px of net rise.
     height_range = centres[:, 1].max() - centres[:, 1].min()
-    bounce = height_range > 2 and max(abs(dx), abs(dy), 8 * abs(growth)) < height_range / 2
+    bounce = height_range > 2 and max(candidates.values()) < height_range / 2
     motion = "bounces" if bounce else max(candidates, key=candidates.get)
     return {"colour": colour, "shape": shape, "motion": motion}
 
