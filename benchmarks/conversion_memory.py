@@ -23,9 +23,18 @@ import torch
 from unityvideo_diffusers.conversion import diffusers_to_released_key, expected_parameters, transformer_config
 from unityvideo_diffusers.conversion.safetensors_stream import write_safetensors
 
+
 # ~1.1 GB in bf16: 5B-like blocks at a third of the width
-CONFIG = dict(num_attention_heads=8, attention_head_dim=128, num_layers=32, ffn_dim=4096, in_channels=48,
-              out_channels=48, text_dim=1024, freq_dim=256)  # fmt: skip
+CONFIG = dict(
+    num_attention_heads=8,
+    attention_head_dim=128,
+    num_layers=32,
+    ffn_dim=4096,
+    in_channels=48,
+    out_channels=48,
+    text_dim=1024,
+    freq_dim=256,
+)
 
 
 def make_checkpoint(path: Path) -> tuple[int, int]:
@@ -65,24 +74,47 @@ def main() -> None:
         rows = {
             "import only (baseline)": [python, "-c", "import unityvideo_diffusers.conversion"],
             "unityvideo convert": [
-                python, "-m", "unityvideo_diffusers", "convert", "--checkpoint", str(checkpoint),
-                "--output", str(folder / "converted"), "--transformer-config", str(folder / "config.json"),
-                "--max-shard-size", "500MB", "--quiet",
+                python,
+                "-m",
+                "unityvideo_diffusers",
+                "convert",
+                "--checkpoint",
+                str(checkpoint),
+                "--output",
+                str(folder / "converted"),
+                "--transformer-config",
+                str(folder / "config.json"),
+                "--max-shard-size",
+                "500MB",
+                "--quiet",
             ],
             "unityvideo convert (back)": [
-                python, "-m", "unityvideo_diffusers", "convert", "--checkpoint", str(folder / "converted"),
-                "--output", str(folder / "back.safetensors"), "--quiet",
+                python,
+                "-m",
+                "unityvideo_diffusers",
+                "convert",
+                "--checkpoint",
+                str(folder / "converted"),
+                "--output",
+                str(folder / "back.safetensors"),
+                "--quiet",
             ],
             "safetensors load_file + save_file": [
-                python, "-c", "import sys; from safetensors.torch import load_file, save_file; "
-                "save_file(load_file(sys.argv[1]), sys.argv[2])", str(checkpoint), str(folder / "plain.safetensors"),
+                python,
+                "-c",
+                "import sys; from safetensors.torch import load_file, save_file; "
+                "save_file(load_file(sys.argv[1]), sys.argv[2])",
+                str(checkpoint),
+                str(folder / "plain.safetensors"),
             ],
-        }  # fmt: skip
+        }
         results = {name: peak_rss_of(command) for name, command in rows.items()}
 
     baseline = results["import only (baseline)"][0]
-    print(f"checkpoint {size / 2**30:.2f} GiB, largest tensor {largest / 2**20:.1f} MiB, "
-          f"RUSAGE_SELF of this script {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
+    print(
+        f"checkpoint {size / 2**30:.2f} GiB, largest tensor {largest / 2**20:.1f} MiB, "
+        f"RUSAGE_SELF of this script {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB"
+    )
     print(f"{'step':<36}{'peak RSS MiB':>14}{'above baseline MiB':>20}{'/ file size':>13}{'seconds':>9}")
     for name, (rss, seconds) in results.items():
         above = rss - baseline

@@ -23,6 +23,7 @@ import json
 import shutil
 from pathlib import Path
 
+
 VARIANTS = {"joint": {}, "single": dict(task="perception", modalities=["depth"])}
 
 
@@ -77,29 +78,46 @@ def main() -> None:
 
     work = Path(args.work)
     runs = work / "joint_vs_single"
-    held_out = held_out_subset(work / "shapesworld" / "eval" / "metadata.csv", args.held_out_rows, runs / "held_out.csv")
+    held_out = held_out_subset(
+        work / "shapesworld" / "eval" / "metadata.csv", args.held_out_rows, runs / "held_out.csv"
+    )
     results = {"steps": args.steps}
     for name, overrides in VARIANTS.items():
         save = runs / name
         if save.exists():
             shutil.rmtree(save)
-        config = train_config(work, save, args.steps, latent_cache=str(work / "run" / "latent_cache"),
-                              held_out_dataset_path=str(held_out), held_out_loss_every=max(1, args.steps // 10),
-                              checkpoint_every=args.steps, **overrides)  # fmt: skip
+        config = train_config(
+            work,
+            save,
+            args.steps,
+            latent_cache=str(work / "run" / "latent_cache"),
+            held_out_dataset_path=str(held_out),
+            held_out_loss_every=max(1, args.steps // 10),
+            checkpoint_every=args.steps,
+            **overrides,
+        )
         train(config, progress=True)
         share = depth_estimation_share(config, Path(config.dataset_path))
         pipe = UnityVideoPipeline.from_pretrained(work / "initial")
         pipe.transformer = UnityVideoTransformer3DModel.from_pretrained(save / "final_ema" / "transformer")
         pipe.save_pretrained(save / "pipeline")
-        metrics = evaluate(save / "pipeline", work / "shapesworld" / "eval", limit=args.eval_clips, jobs=("perception",))
-        results[name] = {"held_out_depth_loss": depth_curve(save / "train_log.jsonl"), "depth_batch_share": share,
-                         "depth_abs_rel": metrics["perception/depth_abs_rel"], "depth_delta1": metrics["perception/depth_delta1"]}  # fmt: skip
+        metrics = evaluate(
+            save / "pipeline", work / "shapesworld" / "eval", limit=args.eval_clips, jobs=("perception",)
+        )
+        results[name] = {
+            "held_out_depth_loss": depth_curve(save / "train_log.jsonl"),
+            "depth_batch_share": share,
+            "depth_abs_rel": metrics["perception/depth_abs_rel"],
+            "depth_delta1": metrics["perception/depth_delta1"],
+        }
     Path(args.output).write_text(json.dumps(results, indent=2))
 
     joint_share, single_share = results["joint"]["depth_batch_share"], results["single"]["depth_batch_share"]
     print(f"held-out depth-estimation loss after N steps ({args.steps} in all), and the depth batches seen by then")
     print(f"{'step':>6} {'joint':>8} {'batches':>8} {'single':>8} {'batches':>8}")
-    for (step, joint), (_, single) in zip(results["joint"]["held_out_depth_loss"], results["single"]["held_out_depth_loss"]):
+    for (step, joint), (_, single) in zip(
+        results["joint"]["held_out_depth_loss"], results["single"]["held_out_depth_loss"]
+    ):
         print(f"{step:>6} {joint:>8.4f} {step * joint_share:>8.0f} {single:>8.4f} {step * single_share:>8.0f}")
     for metric in ("depth_abs_rel", "depth_delta1"):
         print(f"{metric:<14} joint {results['joint'][metric]:.3f}   single {results['single'][metric]:.3f}")

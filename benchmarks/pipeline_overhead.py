@@ -19,6 +19,7 @@ from transformer_forward import SIZES
 from unityvideo_diffusers import UnityVideoControlPipeline, UnityVideoPerceptionPipeline, UnityVideoPipeline
 from unityvideo_diffusers.testing import tiny_pipeline_components
 
+
 # name: (transformer config, video frames, height, width)
 CONFIGS = {
     "tiny": ({**SIZES["tiny"][0], "in_channels": 48, "out_channels": 48}, 9, 64, 64),
@@ -47,8 +48,12 @@ def timed(module: torch.nn.Module, method: str, totals: dict, key: str):
 
 def run(pipe, call, steps: int) -> dict:
     totals = {"transformer": 0.0, "vae": 0.0, "text": 0.0}
-    with timed(pipe.transformer, "forward", totals, "transformer"), timed(pipe.vae, "encode", totals, "vae"), \
-            timed(pipe.vae, "decode", totals, "vae"), timed(pipe.text_encoder, "forward", totals, "text"):  # fmt: skip
+    with (
+        timed(pipe.transformer, "forward", totals, "transformer"),
+        timed(pipe.vae, "encode", totals, "vae"),
+        timed(pipe.vae, "decode", totals, "vae"),
+        timed(pipe.text_encoder, "forward", totals, "text"),
+    ):
         call()  # warm-up (and the modality prompt cache, as in real use)
         for key in totals:
             totals[key] = 0.0
@@ -76,9 +81,12 @@ def main() -> None:
         common = dict(height=height, width=width, num_inference_steps=args.steps, guidance_scale=5.0)
         jobs = {
             "joint": (UnityVideoPipeline, lambda p: p("a red ball", modality="depth", num_frames=frames, **common)),
-            "control": (UnityVideoControlPipeline, lambda p: p("a red ball", control_video=video, modality="depth", **common)),
+            "control": (
+                UnityVideoControlPipeline,
+                lambda p: p("a red ball", control_video=video, modality="depth", **common),
+            ),
             "perception": (UnityVideoPerceptionPipeline, lambda p: p(video=video, modality="depth", **common)),
-        }  # fmt: skip
+        }
         for job, (pipeline_class, call) in jobs.items():
             pipe = pipeline_class(**components)
             pipe.set_progress_bar_config(disable=True)

@@ -19,6 +19,7 @@ import numpy as np
 import yaml
 from transformer_forward import SIZES
 
+
 VARIANTS = {
     "lora": dict(training_mode="lora", gradient_checkpointing=False),
     "lora + checkpointing": dict(training_mode="lora", gradient_checkpointing=True),
@@ -35,7 +36,9 @@ def make_world(root: Path, frames: int, size: int) -> dict:
     from unityvideo_diffusers.video_io import save_video
 
     config = {**SIZES["small"][0], "in_channels": 48, "out_channels": 48}
-    UnityVideoPipeline(**tiny_pipeline_components(transformer_config=config, randomize=False)).save_pretrained(root / "model")
+    UnityVideoPipeline(**tiny_pipeline_components(transformer_config=config, randomize=False)).save_pretrained(
+        root / "model"
+    )
     rng = np.random.default_rng(0)
     with open(root / "metadata.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=["video", "prompt", "depth"])
@@ -58,9 +61,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
         make_world(root, args.frames, args.size)
-        base = dict(model_path=str(root / "model"), dataset_path=str(root / "metadata.csv"), num_frames=args.frames,
-                    height=args.size, width=args.size, batch_size=args.batch_size, max_steps=args.steps,
-                    checkpoint_every=10_000, log_every=1, ema_decay=0.0, lr_warmup_steps=0)  # fmt: skip
+        base = dict(
+            model_path=str(root / "model"),
+            dataset_path=str(root / "metadata.csv"),
+            num_frames=args.frames,
+            height=args.size,
+            width=args.size,
+            batch_size=args.batch_size,
+            max_steps=args.steps,
+            checkpoint_every=10_000,
+            log_every=1,
+            ema_decay=0.0,
+            lr_warmup_steps=0,
+        )
         cache = root / "cache_run" / "latent_cache"
         rows = []
         for name, variant in VARIANTS.items():
@@ -70,11 +83,16 @@ def main() -> None:
                 (save / "latent_cache").symlink_to(cache)
             config_path = save / "config.yaml"
             config_path.write_text(yaml.safe_dump({**base, **variant, "save_path": str(save)}))
-            script = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, capture_output=True); "
-                      "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")  # fmt: skip
+            script = (
+                "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, capture_output=True); "
+                "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+            )
             command = [sys.executable, "-m", "unityvideo_diffusers", "train", "--config", str(config_path), "--quiet"]
-            peak_kib = int(subprocess.run([sys.executable, "-c", script, *command], check=True, capture_output=True,
-                                          text=True).stdout.split()[-1])  # fmt: skip
+            peak_kib = int(
+                subprocess.run(
+                    [sys.executable, "-c", script, *command], check=True, capture_output=True, text=True
+                ).stdout.split()[-1]
+            )
             if not cache.exists():
                 cache.parent.mkdir(exist_ok=True)
                 (save / "latent_cache").rename(cache)
@@ -83,7 +101,9 @@ def main() -> None:
             samples = (log[-1]["step"] - log[0]["step"]) * args.batch_size
             rows.append((name, samples / seconds, peak_kib / 1024))
 
-    print(f"{args.steps} steps, batch {args.batch_size}, {args.frames} frames at {args.size}x{args.size}, small transformer (CPU)")
+    print(
+        f"{args.steps} steps, batch {args.batch_size}, {args.frames} frames at {args.size}x{args.size}, small transformer (CPU)"
+    )
     print(f"{'variant':<24}{'samples/s':>11}{'peak RSS MiB':>14}")
     for name, throughput, peak in rows:
         print(f"{name:<24}{throughput:>11.2f}{peak:>14.0f}")

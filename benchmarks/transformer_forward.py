@@ -17,15 +17,49 @@ import torch
 
 from unityvideo_diffusers import UnityVideoTransformer3DModel
 
+
 # name: (model config, latent (F, H, W)); medium is 1/4 of the 5B width at a 33 x 256 x 256 video's latent size
 SIZES = {
-    "tiny": (dict(num_attention_heads=2, attention_head_dim=24, num_layers=2, ffn_dim=128, in_channels=4,
-                  out_channels=4, text_dim=32, freq_dim=32), (3, 8, 8)),
-    "small": (dict(num_attention_heads=4, attention_head_dim=48, num_layers=4, ffn_dim=768, in_channels=16,
-                   out_channels=16, text_dim=64, freq_dim=64), (5, 16, 16)),
-    "medium": (dict(num_attention_heads=6, attention_head_dim=128, num_layers=8, ffn_dim=3584, in_channels=48,
-                    out_channels=48, text_dim=512, freq_dim=256), (9, 16, 16)),
-}  # fmt: skip
+    "tiny": (
+        dict(
+            num_attention_heads=2,
+            attention_head_dim=24,
+            num_layers=2,
+            ffn_dim=128,
+            in_channels=4,
+            out_channels=4,
+            text_dim=32,
+            freq_dim=32,
+        ),
+        (3, 8, 8),
+    ),
+    "small": (
+        dict(
+            num_attention_heads=4,
+            attention_head_dim=48,
+            num_layers=4,
+            ffn_dim=768,
+            in_channels=16,
+            out_channels=16,
+            text_dim=64,
+            freq_dim=64,
+        ),
+        (5, 16, 16),
+    ),
+    "medium": (
+        dict(
+            num_attention_heads=6,
+            attention_head_dim=128,
+            num_layers=8,
+            ffn_dim=3584,
+            in_channels=48,
+            out_channels=48,
+            text_dim=512,
+            freq_dim=256,
+        ),
+        (9, 16, 16),
+    ),
+}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 

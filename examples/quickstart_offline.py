@@ -28,7 +28,10 @@ def main() -> None:
     pipe = UnityVideoPipeline(**tiny_pipeline_components())
     generator = torch.Generator().manual_seed(0)
     joint = pipe("a red ball bouncing", modality="depth", generator=generator, **size)
-    written = [save_video(joint.frames[0], output / "joint_rgb.mp4"), save_video(joint.modality_frames[0], output / "joint_depth.mp4")]
+    written = [
+        save_video(joint.frames[0], output / "joint_rgb.mp4"),
+        save_video(joint.modality_frames[0], output / "joint_depth.mp4"),
+    ]
 
     control = UnityVideoControlPipeline.from_pipe(pipe)  # same components, another job
     video = control("a blue cube sliding", control_video=joint.modality_frames[0], modality="depth", **size).frames[0]

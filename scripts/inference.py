@@ -18,12 +18,26 @@ import yaml
 
 from unityvideo_diffusers.validation import unknown_key
 
+
 KEYS = {  # founding-description key -> unityvideo job setting
-    "model_path": "model", "text_prompt": "prompt", "negative_prompt": "negative_prompt", "guidance_scale": "guidance_scale",
-    "seed": "seed", "output_path": "output", "num_inference_steps": "steps", "fps": "fps", "modality": "modality",
-    "control_type": "modality", "control_image_path": "control_image", "control_video_path": "control_video",
-    "video_path": "video", "estimate_type": "modality", "image_path": "image", "scheduler": "scheduler", "dtype": "dtype",
-}  # fmt: skip
+    "model_path": "model",
+    "text_prompt": "prompt",
+    "negative_prompt": "negative_prompt",
+    "guidance_scale": "guidance_scale",
+    "seed": "seed",
+    "output_path": "output",
+    "num_inference_steps": "steps",
+    "fps": "fps",
+    "modality": "modality",
+    "control_type": "modality",
+    "control_image_path": "control_image",
+    "control_video_path": "control_video",
+    "video_path": "video",
+    "estimate_type": "modality",
+    "image_path": "image",
+    "scheduler": "scheduler",
+    "dtype": "dtype",
+}
 TRAINING_ONLY = {"gradient_checkpointing", "learning_rate", "batch_size", "max_epochs", "dataset_path", "save_path"}
 SPECIAL = {"video_length", "resolution", "device"}
 

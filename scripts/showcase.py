@@ -18,7 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-PROMPTS = ("a large blue ball bounces in front of a beige wall", "a large yellow triangle slides right in front of a grey wall")
+
+PROMPTS = (
+    "a large blue ball bounces in front of a beige wall",
+    "a large yellow triangle slides right in front of a grey wall",
+)
 
 
 def tile(rows: list[list[np.ndarray]], scale: int = 2, gap: int = 2) -> np.ndarray:
@@ -35,7 +39,12 @@ def tile(rows: list[list[np.ndarray]], scale: int = 2, gap: int = 2) -> np.ndarr
 
 
 def main() -> None:
-    from unityvideo_diffusers import DEMO_MODEL, UnityVideoControlPipeline, UnityVideoPerceptionPipeline, UnityVideoPipeline
+    from unityvideo_diffusers import (
+        DEMO_MODEL,
+        UnityVideoControlPipeline,
+        UnityVideoPerceptionPipeline,
+        UnityVideoPipeline,
+    )
     from unityvideo_diffusers.data.demo_model import WORLD
     from unityvideo_diffusers.data.evaluate import scene_prompt
     from unityvideo_diffusers.data.shapesworld import WorldConfig, write_split
@@ -46,7 +55,9 @@ def main() -> None:
     parser.add_argument("--model", default=str(DEMO_MODEL))
     parser.add_argument("--output", default="docs/assets/demo.gif")
     parser.add_argument("--steps", type=int, help="default: the model's recipe.json, else 20")
-    parser.add_argument("--guidance-scale", type=float, help="for the text-conditioned rows; default as --steps, else 5")
+    parser.add_argument(
+        "--guidance-scale", type=float, help="for the text-conditioned rows; default as --steps, else 5"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     sampling = recipe_defaults(args.model)
@@ -69,10 +80,18 @@ def main() -> None:
         prompt = scene_prompt(json.loads((clip / "scene.json").read_text()))
         rgb = np.stack([np.asarray(f, dtype=np.float64) / 255 for f in load_frames(clip / "rgb")])
         depth = np.stack([np.asarray(f, dtype=np.float64) / 255 for f in load_frames(clip / "depth")])
-        controlled = control(prompt, control_video=str(clip / "depth"), modality="depth", guidance_scale=guidance,
-                             generator=generator(), **common).frames[0]
-        estimates = [perception(video=str(clip / "rgb"), modality=m, generator=generator(), **common).modality_frames[0]
-                     for m in ("depth", "segmentation", "raft")]  # fmt: skip
+        controlled = control(
+            prompt,
+            control_video=str(clip / "depth"),
+            modality="depth",
+            guidance_scale=guidance,
+            generator=generator(),
+            **common,
+        ).frames[0]
+        estimates = [
+            perception(video=str(clip / "rgb"), modality=m, generator=generator(), **common).modality_frames[0]
+            for m in ("depth", "segmentation", "raft")
+        ]
     video = tile([joint_row, [depth, controlled], [rgb, *estimates]])
     print(f"wrote {save_video(video, args.output, fps=8)}")
 

@@ -10,5 +10,6 @@ import sys
 
 from unityvideo_diffusers.cli import main
 
+
 if __name__ == "__main__":
     sys.exit(main(["train", *sys.argv[1:]]))

@@ -16,6 +16,7 @@ import math
 import torch
 from torch import nn
 
+
 __all__ = ["ReferenceUnifiedWan", "randomize_", "sinusoidal_embedding", "rope_table"]
 
 
@@ -118,14 +119,14 @@ class Block(nn.Module):
         self.self_attn = Attention(dim, num_heads, eps)
         self.cross_attn = Attention(dim, num_heads, eps)
         self.norm3 = nn.LayerNorm(dim, eps=eps)  # affine; norm1/norm2 have no parameters
-        self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(approximate="tanh"),
-                                 nn.Linear(ffn_dim, dim))
+        self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(ffn_dim, dim))
         self.modulation = nn.Parameter(torch.zeros(1, 6, dim))
 
     def forward(self, x, grid, ctx_rgb, ctx_mod, t_mod, rope):
         """x: joint sequence (b, f*h*2w, dim) in row-major (f, h, 2w) order; grid = (f, h, w)."""
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = \
-            (self.modulation + t_mod).chunk(6, dim=1)  # each (b, 1, dim)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (self.modulation + t_mod).chunk(
+            6, dim=1
+        )  # each (b, 1, dim)
 
         y = layer_norm_no_affine(x, self.eps) * (1 + scale_msa) + shift_msa
         x = x + gate_msa * self.self_attn(y, y, rope)
@@ -156,12 +157,12 @@ class Head(nn.Module):
 class WanBase(nn.Module):
     """Parameter container with the original Wan key layout (used as ``base``)."""
 
-    def __init__(self, dim, num_heads, num_layers, ffn_dim, in_channels, out_channels, text_dim,
-                 freq_dim, patch_size, eps):
+    def __init__(
+        self, dim, num_heads, num_layers, ffn_dim, in_channels, out_channels, text_dim, freq_dim, patch_size, eps
+    ):
         super().__init__()
         self.patch_embedding = nn.Conv3d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
-        self.text_embedding = nn.Sequential(nn.Linear(text_dim, dim), nn.GELU(approximate="tanh"),
-                                            nn.Linear(dim, dim))
+        self.text_embedding = nn.Sequential(nn.Linear(text_dim, dim), nn.GELU(approximate="tanh"), nn.Linear(dim, dim))
         self.time_embedding = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
         self.blocks = nn.ModuleList([Block(dim, num_heads, ffn_dim, eps) for _ in range(num_layers)])
@@ -187,9 +188,20 @@ def merge_streams(rgb, mod, grid):
 
 # ----------------------------------------------------------------------------- the model
 class ReferenceUnifiedWan(nn.Module):
-    def __init__(self, dim, num_heads, num_layers, ffn_dim, in_channels, out_channels, text_dim,
-                 freq_dim, patch_size=(1, 2, 2), eps=1e-6,
-                 modalities=("depth", "raft", "segmentation", "skeleton", "densepose")):
+    def __init__(
+        self,
+        dim,
+        num_heads,
+        num_layers,
+        ffn_dim,
+        in_channels,
+        out_channels,
+        text_dim,
+        freq_dim,
+        patch_size=(1, 2, 2),
+        eps=1e-6,
+        modalities=("depth", "raft", "segmentation", "skeleton", "densepose"),
+    ):
         super().__init__()
         assert dim % num_heads == 0 and (dim // num_heads) % 2 == 0
         self.dim = dim
@@ -197,13 +209,12 @@ class ReferenceUnifiedWan(nn.Module):
         self.freq_dim = freq_dim
         self.out_channels = out_channels
         self.patch_size = tuple(patch_size)
-        self.base = WanBase(dim, num_heads, num_layers, ffn_dim, in_channels, out_channels,
-                            text_dim, freq_dim, self.patch_size, eps)
-        self.flow_patch_embedding = nn.Conv3d(in_channels, dim, kernel_size=self.patch_size,
-                                              stride=self.patch_size)
+        self.base = WanBase(
+            dim, num_heads, num_layers, ffn_dim, in_channels, out_channels, text_dim, freq_dim, self.patch_size, eps
+        )
+        self.flow_patch_embedding = nn.Conv3d(in_channels, dim, kernel_size=self.patch_size, stride=self.patch_size)
         self.flow_in = nn.Linear(dim, dim)
-        self.modality_embeddings = nn.ParameterDict(
-            {m: nn.Parameter(torch.zeros(dim)) for m in modalities})
+        self.modality_embeddings = nn.ParameterDict({m: nn.Parameter(torch.zeros(dim)) for m in modalities})
         self.flow_head = Head(dim, out_channels, self.patch_size, eps)
         # "init" as the authors describe it (section 3); randomize_ overwrites everything anyway
         with torch.no_grad():
@@ -227,8 +238,7 @@ class ReferenceUnifiedWan(nn.Module):
         x = x.permute(0, 7, 1, 4, 2, 5, 3, 6)  # b, c, f, pt, h, ph, w, pw
         return x.reshape(b, c, f * pt, h * ph, w * pw)
 
-    def forward(self, rgb_latent, modality_latent, timestep, context, context_modality=None,
-                modality=None):
+    def forward(self, rgb_latent, modality_latent, timestep, context, context_modality=None, modality=None):
         base = self.base
         b = rgb_latent.shape[0]
         timestep = torch.as_tensor(timestep, device=rgb_latent.device).reshape(-1)
@@ -248,8 +258,7 @@ class ReferenceUnifiedWan(nn.Module):
         mod = self.flow_in(self._to_grid(self.flow_patch_embedding(modality_latent)))  # replaces
         if modality is not None:
             if modality not in self.modality_embeddings:
-                raise ValueError(f"unknown modality {modality!r}; known: "
-                                 f"{list(self.modality_embeddings.keys())}")
+                raise ValueError(f"unknown modality {modality!r}; known: {list(self.modality_embeddings.keys())}")
             mod = mod + self.modality_embeddings[modality]
         assert rgb.shape == mod.shape, (rgb.shape, mod.shape)
         _, f, h, w, _ = rgb.shape

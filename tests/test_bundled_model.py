@@ -26,7 +26,9 @@ from unityvideo_diffusers.video_io import load_frames
 
 
 def unityvideo(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "unityvideo_diffusers", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "unityvideo_diffusers", *map(str, args)], capture_output=True, text=True, cwd=cwd
+    )
 
 
 def test_the_demo_model_is_bundled_and_small():
@@ -37,7 +39,9 @@ def test_the_demo_model_is_bundled_and_small():
 
 
 def test_generate_estimate_control_default_to_the_demo_model(tmp_path):
-    result = unityvideo("generate", "a large red ball slides left in front of a grey wall", "--modality", "depth", cwd=tmp_path)
+    result = unityvideo(
+        "generate", "a large red ball slides left in front of a grey wall", "--modality", "depth", cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     [video] = [v for v in (tmp_path / "outputs").glob("generate-*.mp4") if not v.stem.endswith("_depth")]
     record = json.loads(video.with_suffix(".json").read_text())
@@ -47,10 +51,21 @@ def test_generate_estimate_control_default_to_the_demo_model(tmp_path):
     assert len(frames) == 17 and frames[0].size == (64, 64)
 
     depth = video.with_name(video.stem + "_depth.mp4")
-    result = unityvideo("control", "a small green cube rises in front of a teal wall", "--control-video", depth,
-                        "--modality", "depth", "--output", tmp_path / "control.mp4", cwd=tmp_path)  # fmt: skip
+    result = unityvideo(
+        "control",
+        "a small green cube rises in front of a teal wall",
+        "--control-video",
+        depth,
+        "--modality",
+        "depth",
+        "--output",
+        tmp_path / "control.mp4",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
-    result = unityvideo("estimate", video, "--modality", "segmentation", "--output", tmp_path / "seg.mp4", cwd=tmp_path)
+    result = unityvideo(
+        "estimate", video, "--modality", "segmentation", "--output", tmp_path / "seg.mp4", cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert len(load_frames(tmp_path / "seg.mp4")) == 17
 
@@ -68,7 +83,9 @@ def held_out(tmp_path_factory):
 @pytest.fixture(scope="module")
 def held_out_single_objects(tmp_path_factory):
     """Text adherence is read from one-object scenes (the reader cannot tell whose colour is whose)."""
-    return held_out_clips(tmp_path_factory.mktemp("single"), WorldConfig(**WORLD, min_objects=1, max_objects=1), count=8)
+    return held_out_clips(
+        tmp_path_factory.mktemp("single"), WorldConfig(**WORLD, min_objects=1, max_objects=1), count=8
+    )
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +93,9 @@ def shape_reader():
     """Calibrated as `unityvideo eval` does, on fewer scenes."""
     from diffusers import AutoencoderKLWan
 
-    return calibrate_shape_reader(AutoencoderKLWan.from_pretrained(DEMO_MODEL, subfolder="vae").eval(), WorldConfig(**WORLD), per_shape=10)
+    return calibrate_shape_reader(
+        AutoencoderKLWan.from_pretrained(DEMO_MODEL, subfolder="vae").eval(), WorldConfig(**WORLD), per_shape=10
+    )
 
 
 def test_perception_beats_trivial_predictors_by_far(held_out):
@@ -92,7 +111,9 @@ def test_control_follows_the_control_video(held_out):
     assert scores["control/segmentation_iou"] > 0.35 and scores["control/depth_iou"] > 0.35, scores
 
 
-def test_generation_follows_the_prompt_colour_and_motion_and_its_segmentation_agrees(held_out_single_objects, shape_reader):
+def test_generation_follows_the_prompt_colour_and_motion_and_its_segmentation_agrees(
+    held_out_single_objects, shape_reader
+):
     scores = evaluate(DEMO_MODEL, held_out_single_objects, steps=10, jobs=("text2video",), shape_reader=shape_reader)
     assert scores["text2video/colour_accuracy"] > 0.6 and scores["text2video/motion_accuracy"] > 0.29, scores
     assert scores["joint/rgb_segmentation_kappa"] > 0.3, scores
@@ -103,7 +124,12 @@ def test_the_vae_ceiling_scores_reconstructions_of_the_truth(held_out, held_out_
     """The VAE's reconstructions of the true clips score every metric, close to perfect where the VAE is not the limit
     (they are what the docs' ceiling table is measured on)."""
     scores = vae_ceiling(DEMO_MODEL, held_out)
-    assert {"perception/depth_abs_rel", "perception/flow_epe_moving", "control/segmentation_iou", "control/depth_iou"} <= scores.keys()
+    assert {
+        "perception/depth_abs_rel",
+        "perception/flow_epe_moving",
+        "control/segmentation_iou",
+        "control/depth_iou",
+    } <= scores.keys()
     assert scores["perception/depth_delta1"] > 0.9 and scores["perception/segmentation_iou"] > 0.7, scores
     assert scores["perception/normal_degrees"] < 8 and scores["control/depth_layering_accuracy"] > 0.85, scores
     single = vae_ceiling(DEMO_MODEL, held_out_single_objects, jobs=("text2video",), shape_reader=shape_reader)

@@ -14,6 +14,7 @@ from unityvideo_diffusers import UnityVideoPipeline
 from unityvideo_diffusers.testing import tiny_pipeline_components
 from unityvideo_diffusers.video_io import load_frames
 
+
 SMALL = ["--height", "64", "--width", "64", "--steps", "2"]
 
 
@@ -25,24 +26,63 @@ def model(tmp_path_factory):
 
 
 def unityvideo(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "unityvideo_diffusers", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "unityvideo_diffusers", *map(str, args)], capture_output=True, text=True, cwd=cwd
+    )
 
 
 def test_generate_control_estimate(model, tmp_path):
-    result = unityvideo("generate", "a red ball", "--model", model, "--modality", "depth", "--frames", 9, *SMALL,
-                        "--output", tmp_path / "gen.mp4", "--seed", 3)  # fmt: skip
+    result = unityvideo(
+        "generate",
+        "a red ball",
+        "--model",
+        model,
+        "--modality",
+        "depth",
+        "--frames",
+        9,
+        *SMALL,
+        "--output",
+        tmp_path / "gen.mp4",
+        "--seed",
+        3,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert len(load_frames(tmp_path / "gen.mp4")) == 9 and len(load_frames(tmp_path / "gen_depth.mp4")) == 9
     record = json.loads((tmp_path / "gen.json").read_text())
-    assert record["settings"]["seed"] == 3 and record["settings"]["prompt"] == "a red ball" and record["seconds"]["total"] > 0
+    assert (
+        record["settings"]["seed"] == 3
+        and record["settings"]["prompt"] == "a red ball"
+        and record["seconds"]["total"] > 0
+    )
 
-    result = unityvideo("control", "a cube", "--control-video", tmp_path / "gen_depth.mp4", "--modality", "depth",
-                        "--model", model, *SMALL, "--output", tmp_path / "control.gif")  # fmt: skip
+    result = unityvideo(
+        "control",
+        "a cube",
+        "--control-video",
+        tmp_path / "gen_depth.mp4",
+        "--modality",
+        "depth",
+        "--model",
+        model,
+        *SMALL,
+        "--output",
+        tmp_path / "control.gif",
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert len(load_frames(tmp_path / "control.gif")) == 9
 
-    result = unityvideo("video2flow", tmp_path / "gen.mp4", "--modality", "flow", "--model", model, *SMALL,
-                        "--output", tmp_path / "flow")  # fmt: skip
+    result = unityvideo(
+        "video2flow",
+        tmp_path / "gen.mp4",
+        "--modality",
+        "flow",
+        "--model",
+        model,
+        *SMALL,
+        "--output",
+        tmp_path / "flow",
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert len(list((tmp_path / "flow").glob("*.png"))) == 9
     assert np.load(tmp_path / "flow_flow.npz")["flow"].shape == (9, 64, 64, 2)
@@ -52,12 +92,26 @@ def test_control_image_and_yaml_config(model, tmp_path):
     from PIL import Image
 
     Image.new("RGB", (64, 64), (200, 30, 30)).save(tmp_path / "still.png")
-    (tmp_path / "job.yaml").write_text(f"model: {model}\nmodality: segmentation\nframes: 5\nheight: 64\nwidth: 64\nsteps: 1\n")
-    result = unityvideo("control", "a ball", "--config", tmp_path / "job.yaml", "--control-image", tmp_path / "still.png",
-                        "--steps", 2, "--output", tmp_path / "still.mp4")  # fmt: skip
+    (tmp_path / "job.yaml").write_text(
+        f"model: {model}\nmodality: segmentation\nframes: 5\nheight: 64\nwidth: 64\nsteps: 1\n"
+    )
+    result = unityvideo(
+        "control",
+        "a ball",
+        "--config",
+        tmp_path / "job.yaml",
+        "--control-image",
+        tmp_path / "still.png",
+        "--steps",
+        2,
+        "--output",
+        tmp_path / "still.mp4",
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     record = json.loads((tmp_path / "still.json").read_text())
-    assert record["settings"]["steps"] == 2 and record["settings"]["modality"] == "segmentation"  # flags override the file
+    assert (
+        record["settings"]["steps"] == 2 and record["settings"]["modality"] == "segmentation"
+    )  # flags override the file
     assert len(load_frames(tmp_path / "still.mp4")) == 5
 
 
@@ -94,14 +148,20 @@ def test_bad_input_is_one_line(model, tmp_path, monkeypatch, capsys, args, messa
 def test_unknown_yaml_key_names_the_nearest(model, tmp_path):
     (tmp_path / "job.yaml").write_text("gudance_scale: 3\n")
     result = unityvideo("generate", "x", "--model", model, "--config", tmp_path / "job.yaml")
-    assert result.returncode == 2 and "Unknown key 'gudance_scale'" in result.stderr and "did you mean 'guidance_scale'" in result.stderr
+    assert (
+        result.returncode == 2
+        and "Unknown key 'gudance_scale'" in result.stderr
+        and "did you mean 'guidance_scale'" in result.stderr
+    )
 
 
 def test_restyle(model, tmp_path):
     from unityvideo_diffusers.video_io import save_video
 
     save_video(np.random.default_rng(0).random((9, 64, 64, 3)), tmp_path / "clip.mp4")
-    result = unityvideo("restyle", tmp_path / "clip.mp4", "a green cube", "--model", model, *SMALL, "--output", tmp_path / "new.mp4")
+    result = unityvideo(
+        "restyle", tmp_path / "clip.mp4", "a green cube", "--model", model, *SMALL, "--output", tmp_path / "new.mp4"
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert len(load_frames(tmp_path / "new.mp4")) == len(load_frames(tmp_path / "new_depth.mp4")) == 9
 
@@ -120,7 +180,9 @@ class FakeHub:
 
     def upload_folder(self, **kwargs):
         folder = kwargs["folder_path"]
-        files = sorted(str(p.relative_to(folder)) for p in __import__("pathlib").Path(folder).rglob("*") if p.is_file())
+        files = sorted(
+            str(p.relative_to(folder)) for p in __import__("pathlib").Path(folder).rglob("*") if p.is_file()
+        )
         FakeHub.calls.append(("upload_folder", kwargs["repo_id"], files, open(f"{folder}/README.md").read()))
 
 
@@ -145,7 +207,13 @@ def test_push_command_uploads_a_complete_folder_with_a_card(model, fake_hub, tmp
     assert repo == uploaded_repo == "me/my-unityvideo" and options["private"] is True
     assert {"model_index.json", "README.md", "transformer/config.json", "vae/config.json"} <= set(files)
     front_matter = card.split("---")[1]
-    for line in ("license: apache-2.0", "pipeline_tag: text-to-video", "base_model: KlingTeam/UnityVideo", "- depth", "- unityvideo"):
+    for line in (
+        "license: apache-2.0",
+        "pipeline_tag: text-to-video",
+        "base_model: KlingTeam/UnityVideo",
+        "- depth",
+        "- unityvideo",
+    ):
         assert line in front_matter
     assert 'UnityVideoPipeline.from_pretrained("me/my-unityvideo"' in card
     with pytest.raises(SystemExit):
@@ -157,7 +225,11 @@ def test_pipeline_push_to_hub(fake_hub):
     pipe = UnityVideoPipeline(**tiny_pipeline_components())
     pipe.push_to_hub("me/tiny")
     upload = fake_hub.calls[-1]
-    assert upload[1] == "me/tiny" and "README.md" in upload[2] and "transformer/diffusion_pytorch_model.safetensors" in upload[2]
+    assert (
+        upload[1] == "me/tiny"
+        and "README.md" in upload[2]
+        and "transformer/diffusion_pytorch_model.safetensors" in upload[2]
+    )
 
 
 def test_from_pretrained_reads_the_hub_cache_offline(model, tmp_path):
@@ -170,8 +242,10 @@ def test_from_pretrained_reads_the_hub_cache_offline(model, tmp_path):
     shutil.copytree(model, snapshot)
     (cache / "models--me--tiny-unityvideo" / "refs").mkdir()
     (cache / "models--me--tiny-unityvideo" / "refs" / "main").write_text("0" * 40)
-    script = ("from unityvideo_diffusers import UnityVideoPipeline; "
-              "p = UnityVideoPipeline.from_pretrained('me/tiny-unityvideo'); print(type(p.transformer).__name__)")  # fmt: skip
+    script = (
+        "from unityvideo_diffusers import UnityVideoPipeline; "
+        "p = UnityVideoPipeline.from_pretrained('me/tiny-unityvideo'); print(type(p.transformer).__name__)"
+    )
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)}
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=environment)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -185,10 +259,28 @@ def test_convert_then_push(fake_hub, tmp_path):
     from unityvideo_diffusers.cli import main
     from unityvideo_diffusers.testing import TINY_TRANSFORMER
 
-    save_file({k: v.contiguous() for k, v in reference_for(TINY_TRANSFORMER).state_dict().items()}, tmp_path / "r.safetensors")
+    save_file(
+        {k: v.contiguous() for k, v in reference_for(TINY_TRANSFORMER).state_dict().items()},
+        tmp_path / "r.safetensors",
+    )
     (tmp_path / "config.json").write_text(json.dumps(TINY_TRANSFORMER))
-    assert main(["convert", "--checkpoint", str(tmp_path / "r.safetensors"), "--output", str(tmp_path / "out"),
-                 "--transformer-config", str(tmp_path / "config.json"), "--quiet", "--push-to", "me/converted"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "convert",
+                "--checkpoint",
+                str(tmp_path / "r.safetensors"),
+                "--output",
+                str(tmp_path / "out"),
+                "--transformer-config",
+                str(tmp_path / "config.json"),
+                "--quiet",
+                "--push-to",
+                "me/converted",
+            ]
+        )
+        == 0
+    )
     assert fake_hub.calls[0][2]["private"] is True and "transformer/config.json" in fake_hub.calls[1][2]
 
 
@@ -208,7 +300,6 @@ def test_every_command_reads_a_config(model, tmp_path, capsys):
     assert "missing --checkpoint (a flag or a --config key)" in capsys.readouterr().err
 
 
-
 def test_scheduler_choices_keep_the_folder_shift():
     from types import SimpleNamespace
 
@@ -216,8 +307,12 @@ def test_scheduler_choices_keep_the_folder_shift():
 
     from unityvideo_diffusers.jobs import make_scheduler
 
-    pipe = SimpleNamespace(scheduler=UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=2.0))
+    pipe = SimpleNamespace(
+        scheduler=UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=2.0)
+    )
     assert make_scheduler("euler", pipe).config.shift == 2.0
-    assert make_scheduler("dpm", pipe).config.flow_shift == 2.0 and make_scheduler("unipc", pipe).config.flow_shift == 2.0
+    assert (
+        make_scheduler("dpm", pipe).config.flow_shift == 2.0 and make_scheduler("unipc", pipe).config.flow_shift == 2.0
+    )
     pipe.scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
     assert make_scheduler("unipc", pipe).config.flow_shift == 3.0

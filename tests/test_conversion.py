@@ -25,6 +25,7 @@ from unityvideo_diffusers.conversion import (
 from unityvideo_diffusers.conversion.convert import plan_released_to_diffusers, transformer_config
 from unityvideo_diffusers.conversion.safetensors_stream import TensorInfo, read_header
 
+
 TINY_CONFIG = {**TINY}
 
 
@@ -154,7 +155,11 @@ def test_round_trip_is_bit_exact(released_file, tmp_path, max_shard_size):
 def test_fp32_output_and_transformer_only(released_file, tmp_path):
     folder = tmp_path / "transformer"
     convert_released_to_diffusers(
-        released_file, folder, transformer_config_overrides=TINY_CONFIG, transformer_only=True, dtype="fp32",
+        released_file,
+        folder,
+        transformer_config_overrides=TINY_CONFIG,
+        transformer_only=True,
+        dtype="fp32",
         progress=False,
     )
     model = UnityVideoTransformer3DModel.from_pretrained(folder)
@@ -169,16 +174,28 @@ def test_base_makes_a_complete_pipeline_folder(released_file, tmp_path):
     for component in ("vae", "text_encoder", "tokenizer", "scheduler", "transformer"):
         (base / component).mkdir(parents=True)
         (base / component / "config.json").write_text(json.dumps({"component": component}))
-    (base / "model_index.json").write_text(json.dumps({
-        "_class_name": "WanPipeline", "vae": ["diffusers", "AutoencoderKLWan"],
-        "text_encoder": ["transformers", "UMT5EncoderModel"], "tokenizer": ["transformers", "T5TokenizerFast"],
-        "scheduler": ["diffusers", "UniPCMultistepScheduler"], "transformer": ["diffusers", "WanTransformer3DModel"],
-    }))  # fmt: skip
+    (base / "model_index.json").write_text(
+        json.dumps(
+            {
+                "_class_name": "WanPipeline",
+                "vae": ["diffusers", "AutoencoderKLWan"],
+                "text_encoder": ["transformers", "UMT5EncoderModel"],
+                "tokenizer": ["transformers", "T5TokenizerFast"],
+                "scheduler": ["diffusers", "UniPCMultistepScheduler"],
+                "transformer": ["diffusers", "WanTransformer3DModel"],
+            }
+        )
+    )
     output = tmp_path / "pipeline"
-    convert_released_to_diffusers(released_file, output, base=str(base), transformer_config_overrides=TINY_CONFIG, progress=False)
+    convert_released_to_diffusers(
+        released_file, output, base=str(base), transformer_config_overrides=TINY_CONFIG, progress=False
+    )
     index = json.loads((output / "model_index.json").read_text())
     assert index["_class_name"] == "UnityVideoPipeline"
-    assert index["transformer"] == ["unityvideo_diffusers.models.transformer_unityvideo", "UnityVideoTransformer3DModel"]
+    assert index["transformer"] == [
+        "unityvideo_diffusers.models.transformer_unityvideo",
+        "UnityVideoTransformer3DModel",
+    ]
     assert index["vae"] == ["diffusers", "AutoencoderKLWan"]
     for component in ("vae", "text_encoder", "tokenizer"):
         assert json.loads((output / component / "config.json").read_text()) == {"component": component}
@@ -219,7 +236,10 @@ def _corrupt(kind, released_file, tmp_path):
     [
         ("missing", r"1 missing keys:\s+base.blocks.1.cross_attn.norm_k.weight"),
         ("unexpected", r"1 keys with no place in the model:\s+base.blocks.1.extra.weight"),
-        ("shape", r"1 shape mismatches:\s+flow_in.weight \(48, 47\) -> control_encoder.proj_in.weight expects \(48, 48\)"),
+        (
+            "shape",
+            r"1 shape mismatches:\s+flow_in.weight \(48, 47\) -> control_encoder.proj_in.weight expects \(48, 48\)",
+        ),
         ("truncated", "truncated"),
         ("not_safetensors", "not a safetensors file"),
         ("text", "not a safetensors file"),
@@ -236,9 +256,13 @@ def test_bad_checkpoints_are_refused_before_writing(kind, message, released_file
 def test_wrong_checksum_is_refused(released_file, tmp_path):
     output = tmp_path / "out"
     with pytest.raises(CheckpointError, match="SHA-256 mismatch"):
-        convert_released_to_diffusers(released_file, output, transformer_config_overrides=TINY_CONFIG, sha256="0" * 64, progress=False)
+        convert_released_to_diffusers(
+            released_file, output, transformer_config_overrides=TINY_CONFIG, sha256="0" * 64, progress=False
+        )
     with pytest.raises(CheckpointError, match="64 hexadecimal"):
-        convert_released_to_diffusers(released_file, output, transformer_config_overrides=TINY_CONFIG, sha256="abc", progress=False)
+        convert_released_to_diffusers(
+            released_file, output, transformer_config_overrides=TINY_CONFIG, sha256="abc", progress=False
+        )
     assert not output.exists()
 
 
@@ -246,7 +270,9 @@ def test_released_file_names_are_checked_against_published_checksums(released_fi
     renamed = tmp_path / "unityvideo_wan22_ti2v_5b_step15000_ema.safetensors"
     os.replace(released_file, renamed)
     with pytest.raises(CheckpointError, match="expected 0df3909e"):
-        convert_released_to_diffusers(renamed, tmp_path / "out", transformer_config_overrides=TINY_CONFIG, progress=False)
+        convert_released_to_diffusers(
+            renamed, tmp_path / "out", transformer_config_overrides=TINY_CONFIG, progress=False
+        )
 
 
 def test_failure_while_writing_leaves_nothing(released_file, tmp_path, monkeypatch):
@@ -257,7 +283,9 @@ def test_failure_while_writing_leaves_nothing(released_file, tmp_path, monkeypat
 
     monkeypatch.setattr(convert_module, "write_safetensors", explode)
     with pytest.raises(RuntimeError, match="disk full"):
-        convert_released_to_diffusers(released_file, tmp_path / "out", transformer_config_overrides=TINY_CONFIG, progress=False)
+        convert_released_to_diffusers(
+            released_file, tmp_path / "out", transformer_config_overrides=TINY_CONFIG, progress=False
+        )
     assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
 
 
@@ -268,15 +296,24 @@ def test_existing_output_is_kept_unless_overwrite(released_file, tmp_path):
     with pytest.raises(FileExistsError, match="--overwrite"):
         convert_released_to_diffusers(released_file, output, transformer_config_overrides=TINY_CONFIG, progress=False)
     assert (output / "keep.txt").exists()
-    convert_released_to_diffusers(released_file, output, transformer_config_overrides=TINY_CONFIG, overwrite=True, progress=False)
+    convert_released_to_diffusers(
+        released_file, output, transformer_config_overrides=TINY_CONFIG, overwrite=True, progress=False
+    )
     assert not (output / "keep.txt").exists() and (output / "transformer" / "config.json").exists()
 
 
 def test_transformer_config_mistakes_are_named(released_file, tmp_path):
     with pytest.raises(CheckpointError, match=r"Unknown transformer config keys \['num_blocks'\]"):
-        convert_released_to_diffusers(released_file, tmp_path / "o", transformer_config_overrides={"num_blocks": 2}, progress=False)
+        convert_released_to_diffusers(
+            released_file, tmp_path / "o", transformer_config_overrides={"num_blocks": 2}, progress=False
+        )
     with pytest.raises(CheckpointError, match="authors' config.json"):
-        convert_released_to_diffusers(released_file, tmp_path / "o", transformer_config_overrides={"architecture": "UnifiedWanModel"}, progress=False)
+        convert_released_to_diffusers(
+            released_file,
+            tmp_path / "o",
+            transformer_config_overrides={"architecture": "UnifiedWanModel"},
+            progress=False,
+        )
     with pytest.raises(CheckpointError, match="another size needs --transformer-config"):
         convert_released_to_diffusers(released_file, tmp_path / "o", progress=False)  # the 5B default does not fit
 
@@ -302,13 +339,35 @@ def run_cli(*args):
 
 def test_cli_converts_both_ways(released_file, tmp_path):
     config = write_config(tmp_path)
-    result = run_cli("convert", "--checkpoint", str(released_file), "--output", str(tmp_path / "d"), "--transformer-config", str(config), "--quiet")
+    result = run_cli(
+        "convert",
+        "--checkpoint",
+        str(released_file),
+        "--output",
+        str(tmp_path / "d"),
+        "--transformer-config",
+        str(config),
+        "--quiet",
+    )
     assert result.returncode == 0, result.stderr
-    assert "Wrote the diffusers transformer folder" in result.stdout and (tmp_path / "d" / "transformer" / "config.json").exists()
+    assert (
+        "Wrote the diffusers transformer folder" in result.stdout
+        and (tmp_path / "d" / "transformer" / "config.json").exists()
+    )
     module = subprocess.run(
-        [sys.executable, "-m", "unityvideo_diffusers.conversion", "--checkpoint", str(tmp_path / "d"), "--output", str(tmp_path / "r.safetensors"), "--quiet"],
-        capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "unityvideo_diffusers.conversion",
+            "--checkpoint",
+            str(tmp_path / "d"),
+            "--output",
+            str(tmp_path / "r.safetensors"),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert module.returncode == 0, module.stderr and "sha256" in module.stdout
     assert load_file(tmp_path / "r.safetensors").keys() == load_file(released_file).keys()
 
@@ -333,13 +392,18 @@ def test_released_checkpoint_to_a_running_pipeline(tmp_path):
     index = {"_class_name": "WanPipeline"}
     for name in ("vae", "text_encoder", "tokenizer", "scheduler"):
         components[name].save_pretrained(base / name)
-        index[name] = ["transformers" if name in ("text_encoder", "tokenizer") else "diffusers", type(components[name]).__name__]
+        index[name] = [
+            "transformers" if name in ("text_encoder", "tokenizer") else "diffusers",
+            type(components[name]).__name__,
+        ]
     (base / "model_index.json").write_text(json.dumps(index))
     released = tmp_path / "released.safetensors"
     save_file({k: v.contiguous() for k, v in reference_for(TINY_TRANSFORMER).state_dict().items()}, released)
 
     output = tmp_path / "unityvideo"
-    convert_released_to_diffusers(released, output, base=str(base), transformer_config_overrides=TINY_TRANSFORMER, progress=False)
+    convert_released_to_diffusers(
+        released, output, base=str(base), transformer_config_overrides=TINY_TRANSFORMER, progress=False
+    )
     pipe = UnityVideoPipeline.from_pretrained(output)
     pipe.set_progress_bar_config(disable=True)
     out = pipe("a red ball", modality="depth", num_frames=5, height=64, width=64, num_inference_steps=2)
@@ -347,4 +411,6 @@ def test_released_checkpoint_to_a_running_pipeline(tmp_path):
     assert np.isfinite(out.frames).all()
     perception = UnityVideoPerceptionPipeline.from_pretrained(output)
     perception.set_progress_bar_config(disable=True)
-    assert perception(video=out.frames[0], modality="depth", height=64, width=64, num_inference_steps=1).modality_frames.shape == (1, 5, 64, 64, 3)
+    assert perception(
+        video=out.frames[0], modality="depth", height=64, width=64, num_inference_steps=1
+    ).modality_frames.shape == (1, 5, 64, 64, 3)

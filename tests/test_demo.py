@@ -15,6 +15,7 @@ import pytest
 from unityvideo_diffusers import UnityVideoPipeline
 from unityvideo_diffusers.testing import tiny_pipeline_components
 
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
@@ -30,8 +31,12 @@ def server(tmp_path):
     UnityVideoPipeline(**tiny_pipeline_components()).save_pretrained(model)
     port = free_port()
     environment = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "unityvideo_diffusers", "demo", "--model", str(model), "--port", str(port)],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=environment)  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, "-m", "unityvideo_diffusers", "demo", "--model", str(model), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=environment,
+    )
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -51,15 +56,24 @@ def server(tmp_path):
 
 
 def test_demo_generates_in_a_headless_browser(server):
-    assert os.path.exists(CHROMIUM), "needs Debian's chromium: apt-get install chromium (the README's test command does)"
+    assert os.path.exists(CHROMIUM), (
+        "needs Debian's chromium: apt-get install chromium (the README's test command does)"
+    )
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run", "--disable-quic"],
-        )  # fmt: skip
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                "--disable-quic",
+            ],
+        )
         page = browser.new_page()
         page.goto(server, wait_until="domcontentloaded")
         page.locator("#t2v-prompt textarea").fill("a red ball bouncing")

@@ -11,7 +11,15 @@ import numpy as np
 import torch
 
 from unityvideo_diffusers import UnityVideoPerceptionPipeline
-from unityvideo_diffusers.data.demo_model import STREAMS, VAE, build, clip_tensors, fit_tokenizer, local_text_encoder, object_weights
+from unityvideo_diffusers.data.demo_model import (
+    STREAMS,
+    VAE,
+    build,
+    clip_tensors,
+    fit_tokenizer,
+    local_text_encoder,
+    object_weights,
+)
 from unityvideo_diffusers.data.shapesworld import WorldConfig, write_split
 
 
@@ -35,8 +43,24 @@ def test_recipe_at_a_toy_budget(tmp_path):
 
     # the joint vs single-task comparison runs on the recipe's work folder
     script = Path(__file__).parents[1] / "benchmarks" / "joint_vs_single_task.py"
-    subprocess.run([sys.executable, str(script), "--work", str(tmp_path / "demo.work"), "--steps", "3", "--held-out-rows", "1",
-                    "--eval-clips", "1", "--output", str(tmp_path / "compare.json")], check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            "--work",
+            str(tmp_path / "demo.work"),
+            "--steps",
+            "3",
+            "--held-out-rows",
+            "1",
+            "--eval-clips",
+            "1",
+            "--output",
+            str(tmp_path / "compare.json"),
+        ],
+        check=True,
+        capture_output=True,
+    )
     compared = json.loads((tmp_path / "compare.json").read_text())
     for run in ("joint", "single"):
         assert [step for step, _ in compared[run]["held_out_depth_loss"]] == [0, 1, 2, 3]
@@ -72,4 +96,7 @@ def test_the_text_encoder_tells_whose_word_is_whose():
 
     ball_across_the_swap = torch.cosine_similarity(feature(prompts[0], "Ġball"), feature(prompts[1], "Ġball"), dim=0)
     ball_against_cube = torch.cosine_similarity(feature(prompts[0], "Ġball"), feature(prompts[1], "Ġcube"), dim=0)
-    assert ball_across_the_swap < 0.95 and ball_against_cube < ball_across_the_swap, (ball_across_the_swap, ball_against_cube)
+    assert ball_across_the_swap < 0.95 and ball_against_cube < ball_across_the_swap, (
+        ball_across_the_swap,
+        ball_against_cube,
+    )

@@ -17,6 +17,7 @@ from unityvideo_diffusers import UnityVideoPipeline
 from unityvideo_diffusers.testing import tiny_pipeline_components
 from unityvideo_diffusers.video_io import save_video
 
+
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 PAGES = sorted(DOCS.glob("*.md"))
 

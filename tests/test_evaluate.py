@@ -29,7 +29,15 @@ from unityvideo_diffusers.data.evaluate import (
     swapped_scene,
     trivial_baselines,
 )
-from unityvideo_diffusers.data.shapesworld import COLOURS, WorldConfig, read_world, render, sample_scene, visualise, write_split
+from unityvideo_diffusers.data.shapesworld import (
+    COLOURS,
+    WorldConfig,
+    read_world,
+    render,
+    sample_scene,
+    visualise,
+    write_split,
+)
 from unityvideo_diffusers.testing import tiny_pipeline_components
 
 
@@ -40,7 +48,10 @@ def test_metrics_are_exact_on_the_truth():
     disparity = 1 / truth["depth"]
     scores = depth_metrics(3 * disparity + 1, truth["depth"])  # any scale and shift of the truth is perfect
     assert scores["abs_rel"] < 1e-6 and scores["delta1"] == 1.0
-    assert flow_epe(truth["flow"] * 0.1, truth["flow"]) < 1e-6 and flow_epe(truth["flow"] * 0.1, truth["flow"], moving_only=True) < 1e-6
+    assert (
+        flow_epe(truth["flow"] * 0.1, truth["flow"]) < 1e-6
+        and flow_epe(truth["flow"] * 0.1, truth["flow"], moving_only=True) < 1e-6
+    )
     moving = np.linalg.norm(truth["flow"], axis=-1) > 0.25
     still = flow_epe(np.zeros_like(truth["flow"]), truth["flow"], moving_only=True)
     assert still == np.linalg.norm(truth["flow"], axis=-1)[moving].mean() > 0.25
@@ -63,13 +74,18 @@ def test_the_reader_recovers_colour_shape_and_motion_from_true_frames():
         hits["motion"] += read["motion"] == target.motion
         ious.append(foreground_iou(object_mask(truth["rgb"], scene.background), truth["labels"] > 0))
     rates = {k: v / trials for k, v in hits.items()}
-    assert rates["colour"] > 0.95 and rates["shape"] > 0.8 and rates["motion"] > 0.8 and np.mean(ious) > 0.9, (rates, np.mean(ious))
+    assert rates["colour"] > 0.95 and rates["shape"] > 0.8 and rates["motion"] > 0.8 and np.mean(ious) > 0.9, (
+        rates,
+        np.mean(ious),
+    )
 
 
 def test_a_bounce_reads_as_one_when_its_last_landing_is_short():
     config = WorldConfig(height=64, width=64, frames=17, min_objects=1, max_objects=1)
     rng = np.random.default_rng(5)
-    scene = next(s for s in (sample_scene(rng, config, "train") for _ in range(200)) if s.objects[0].motion == "bounces")
+    scene = next(
+        s for s in (sample_scene(rng, config, "train") for _ in range(200)) if s.objects[0].motion == "bounces"
+    )
     frames = render(scene, config)["rgb"]
     assert read_object(frames, scene.background)["motion"] == "bounces"
     frames[-1] = np.roll(frames[-1], -4, axis=0)  # as a 4x temporal VAE draws it: the last landing 4 px high
@@ -106,7 +122,9 @@ class BlurringVAE:
 
 def _one_object_clips(config, split, count, seed):
     rng = np.random.default_rng(seed)
-    return [(scene, render(scene, config)["rgb"]) for scene in (sample_scene(rng, config, split) for _ in range(count))]
+    return [
+        (scene, render(scene, config)["rgb"]) for scene in (sample_scene(rng, config, split) for _ in range(count))
+    ]
 
 
 def test_a_reader_calibrated_on_a_vaes_reconstructions_reads_the_shapes_it_rounds():
@@ -114,7 +132,9 @@ def test_a_reader_calibrated_on_a_vaes_reconstructions_reads_the_shapes_it_round
     vae = BlurringVAE()
     reader = calibrate_shape_reader(vae, config, per_shape=8)
     assert set(reader.centres) == {"ball", "cube", "triangle"}
-    assert reader.centres["cube"][0] < 0.97 and reader.centres["triangle"][0] > 0.55  # corners rounded: the fill ratios close in
+    assert (
+        reader.centres["cube"][0] < 0.97 and reader.centres["triangle"][0] > 0.55
+    )  # corners rounded: the fill ratios close in
 
     def balanced_accuracy(shape_reader):
         hits = {}
@@ -137,7 +157,9 @@ def test_shape_reader_fit_and_the_exact_centres():
 def test_calibration_refuses_a_world_whose_training_split_lacks_a_shape():
     no_triangles = tuple((colour, "triangle") for colour in COLOURS)
     config = WorldConfig(height=32, width=32, frames=5, min_objects=1, max_objects=1, held_out=no_triangles)
-    with pytest.raises(ValueError, match=r"Cannot calibrate the shape reader.*'triangle': 0.*Is every shape in the training split"):
+    with pytest.raises(
+        ValueError, match=r"Cannot calibrate the shape reader.*'triangle': 0.*Is every shape in the training split"
+    ):
         calibrate_shape_reader(BlurringVAE(), config, per_shape=1)
 
 
@@ -168,7 +190,9 @@ def test_scores_can_be_kept_to_the_jobs_asked_for(tmp_path):
     assert "joint/rgb_segmentation_kappa" in text and "text2video/colour_accuracy" in text
     assert all(name.startswith(("text2video/", "joint/")) for name in text)
     assert of_jobs(scores, ("perception", "control", "text2video")) == scores
-    assert set(of_jobs(scores, ("perception",))) == {name for name in scores if name.startswith("perception/")} != set()
+    assert (
+        set(of_jobs(scores, ("perception",))) == {name for name in scores if name.startswith("perception/")} != set()
+    )
 
 
 def test_accuracy_is_class_balanced_so_a_constant_answer_gains_nothing_from_a_majority():
@@ -179,8 +203,11 @@ def test_accuracy_is_class_balanced_so_a_constant_answer_gains_nothing_from_a_ma
         half_the_cubes_and_the_rest.add("shape_accuracy", float(correct), group=shape)
     assert always_cube.means()["shape_accuracy"] == 1 / 3  # plain accuracy: 0.6
     assert half_the_cubes_and_the_rest.means()["shape_accuracy"] == (0.5 + 1 + 1) / 3
-    assert {name: value for name, value in half_the_cubes_and_the_rest.means().items() if name.startswith("shape_accuracy/")} == {
-        "shape_accuracy/ball": 1.0, "shape_accuracy/cube": 0.5, "shape_accuracy/triangle": 1.0}  # fmt: skip
+    assert {
+        name: value
+        for name, value in half_the_cubes_and_the_rest.means().items()
+        if name.startswith("shape_accuracy/")
+    } == {"shape_accuracy/ball": 1.0, "shape_accuracy/cube": 0.5, "shape_accuracy/triangle": 1.0}
     plain = Scores()
     for value in (1.0, 0.0, 0.0):
         plain.add("iou", value)
@@ -218,7 +245,9 @@ def test_word_reading_is_zero_exactly_when_the_model_ignores_the_prompt(tmp_path
     for attribute in ("colour", "shape", "motion"):
         swapped = swapped_scene(scene, attribute, torch.Generator().manual_seed(0))
         assert swapped["objects"][0][attribute] != scene["objects"][0][attribute]
-        assert {k: v for k, v in swapped["objects"][0].items() if k != attribute} == {k: v for k, v in scene["objects"][0].items() if k != attribute}
+        assert {k: v for k, v in swapped["objects"][0].items() if k != attribute} == {
+            k: v for k, v in scene["objects"][0].items() if k != attribute
+        }
     pipe = UnityVideoPipeline(**tiny_pipeline_components())
 
     def reading() -> dict:

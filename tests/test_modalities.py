@@ -24,7 +24,10 @@ def as_video_bytes(visualisation):
 
 
 def test_released_prompts_and_aliases():
-    assert modality_prompt("flow") == "optical flow visualization showing motion direction with color and magnitude with intensity."
+    assert (
+        modality_prompt("flow")
+        == "optical flow visualization showing motion direction with color and magnitude with intensity."
+    )
     assert resolve_modality("Optical-Flow") == "raft" and resolve_modality("pose") == "skeleton"
     assert resolve_modality("normals") == "normal" and resolve_modality("edges") == "edge"  # ShapesWorld's
     with pytest.raises(ValueError, match="Unknown modality 'thermal'. Known: depth, densepose, raft"):

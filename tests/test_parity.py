@@ -15,17 +15,42 @@ from safetensors.torch import save_file
 from unityvideo_diffusers import UnityVideoTransformer3DModel
 from unityvideo_diffusers.conversion import convert_released_to_diffusers
 
+
 MODALITIES = ["depth", "densepose", "raft", "segmentation", "skeleton"]
 TOLERANCE = 1e-5
 # head dims where DiffSynth's and diffusers' RoPE splits coincide (head_dim % 6 < 3)
 CONFIGS = {
-    "head_dim_24": dict(num_attention_heads=2, attention_head_dim=24, num_layers=2, ffn_dim=64, in_channels=4,
-                        out_channels=4, text_dim=16, freq_dim=32),
-    "head_dim_12": dict(num_attention_heads=3, attention_head_dim=12, num_layers=3, ffn_dim=40, in_channels=8,
-                        out_channels=8, text_dim=12, freq_dim=16),
-    "head_dim_48": dict(num_attention_heads=1, attention_head_dim=48, num_layers=1, ffn_dim=96, in_channels=4,
-                        out_channels=4, text_dim=20, freq_dim=64),
-}  # fmt: skip
+    "head_dim_24": dict(
+        num_attention_heads=2,
+        attention_head_dim=24,
+        num_layers=2,
+        ffn_dim=64,
+        in_channels=4,
+        out_channels=4,
+        text_dim=16,
+        freq_dim=32,
+    ),
+    "head_dim_12": dict(
+        num_attention_heads=3,
+        attention_head_dim=12,
+        num_layers=3,
+        ffn_dim=40,
+        in_channels=8,
+        out_channels=8,
+        text_dim=12,
+        freq_dim=16,
+    ),
+    "head_dim_48": dict(
+        num_attention_heads=1,
+        attention_head_dim=48,
+        num_layers=1,
+        ffn_dim=96,
+        in_channels=4,
+        out_channels=4,
+        text_dim=20,
+        freq_dim=64,
+    ),
+}
 
 
 @pytest.fixture(scope="module", params=list(CONFIGS))
@@ -35,8 +60,12 @@ def pair(request, tmp_path_factory):
     folder = tmp_path_factory.mktemp(request.param)
     save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, folder / "released.safetensors")
     convert_released_to_diffusers(
-        folder / "released.safetensors", folder / "converted", transformer_config_overrides=config, dtype="fp32",
-        transformer_only=True, progress=False,
+        folder / "released.safetensors",
+        folder / "converted",
+        transformer_config_overrides=config,
+        dtype="fp32",
+        transformer_only=True,
+        progress=False,
     )
     model = UnityVideoTransformer3DModel.from_pretrained(folder / "converted").eval()
     return reference, model, config
@@ -99,6 +128,8 @@ def test_mixed_modalities_match_per_sample_reference(pair):
         out = model(rgb, timestep, context, mod, context_modality, modality=names)
         for i, name in enumerate(names):
             pick = slice(i, i + 1)
-            expected_rgb, expected_mod = reference(rgb[pick], mod[pick], timestep[pick], context[pick], context_modality[pick], name)
+            expected_rgb, expected_mod = reference(
+                rgb[pick], mod[pick], timestep[pick], context[pick], context_modality[pick], name
+            )
             assert relative_error(out.sample[pick], expected_rgb) < TOLERANCE
             assert relative_error(out.modality_sample[pick], expected_mod) < TOLERANCE

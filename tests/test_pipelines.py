@@ -8,7 +8,12 @@ import numpy as np
 import pytest
 import torch
 from conftest import relative_error, tiny_pipeline_components
-from diffusers import DPMSolverMultistepScheduler, FirstBlockCacheConfig, FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
+from diffusers import (
+    DPMSolverMultistepScheduler,
+    FirstBlockCacheConfig,
+    FlowMatchEulerDiscreteScheduler,
+    UniPCMultistepScheduler,
+)
 from PIL import Image
 
 from unityvideo_diffusers import (
@@ -18,6 +23,7 @@ from unityvideo_diffusers import (
     UnityVideoPipeline,
     modality_prompt,
 )
+
 
 SIZE = dict(height=64, width=64)
 LATENT = (1, 48, 2, 4, 4)  # 5 frames of 64 x 64
@@ -54,16 +60,22 @@ def manual_encode(pipe, video_tensor):
     return (posterior.mode() - mean) / std
 
 
-def authors_loop(transformer, rgb, modality_latent, context, modality_context, modality, steps, update_rgb, update_modality):
+def authors_loop(
+    transformer, rgb, modality_latent, context, modality_context, modality, steps, update_rgb, update_modality
+):
     """Section 7 of the reference file: Euler on linspace(1, 0, steps + 1), the model given t * 1000, no guidance."""
     grid = torch.linspace(1.0, 0.0, steps + 1)
     for index in range(steps):
         t, delta = grid[index], grid[index + 1] - grid[index]
         velocity, modality_velocity = transformer(
-            hidden_states=rgb, timestep=t.repeat(rgb.shape[0]) * 1000.0, encoder_hidden_states=context,
-            modality_hidden_states=modality_latent, modality_encoder_hidden_states=modality_context,
-            modality=modality, return_dict=False,
-        )  # fmt: skip
+            hidden_states=rgb,
+            timestep=t.repeat(rgb.shape[0]) * 1000.0,
+            encoder_hidden_states=context,
+            modality_hidden_states=modality_latent,
+            modality_encoder_hidden_states=modality_context,
+            modality=modality,
+            return_dict=False,
+        )
         if update_rgb:
             rgb = rgb + delta * velocity
         if update_modality:
@@ -78,10 +90,28 @@ def authors_loop(transformer, rgb, modality_latent, context, modality_context, m
 def test_joint_generation_matches_the_authors_loop(components):
     pipe = make(UnityVideoPipeline, components, scheduler=LinearFlowMatchEulerScheduler())
     noise, modality_noise = torch.randn(LATENT, generator=seeded(1)), torch.randn(LATENT, generator=seeded(2))
-    out = pipe("a red ball", modality="depth", num_frames=5, **SIZE, num_inference_steps=6, guidance_scale=1.0,
-               latents=noise, modality_latents=modality_noise, output_type="latent")  # fmt: skip
-    expected = authors_loop(pipe.transformer, noise, modality_noise, text(pipe, "a red ball"),
-                            text(pipe, modality_prompt("depth")), "depth", 6, True, True)  # fmt: skip
+    out = pipe(
+        "a red ball",
+        modality="depth",
+        num_frames=5,
+        **SIZE,
+        num_inference_steps=6,
+        guidance_scale=1.0,
+        latents=noise,
+        modality_latents=modality_noise,
+        output_type="latent",
+    )
+    expected = authors_loop(
+        pipe.transformer,
+        noise,
+        modality_noise,
+        text(pipe, "a red ball"),
+        text(pipe, modality_prompt("depth")),
+        "depth",
+        6,
+        True,
+        True,
+    )
     assert relative_error(out.frames, expected[0]) < 1e-6
     assert relative_error(out.modality_frames, expected[1]) < 1e-6
 
@@ -91,12 +121,29 @@ def test_control_matches_the_authors_loop(components):
     pipe = make(UnityVideoControlPipeline, components, scheduler=LinearFlowMatchEulerScheduler())
     video = rgb_video()
     noise = torch.randn(1, 48, 3, 4, 4, generator=seeded(3))
-    out = pipe("a knight", control_video=video, modality="segmentation", **SIZE, num_inference_steps=5,
-               guidance_scale=1.0, latents=noise, output_type="latent")  # fmt: skip
+    out = pipe(
+        "a knight",
+        control_video=video,
+        modality="segmentation",
+        **SIZE,
+        num_inference_steps=5,
+        guidance_scale=1.0,
+        latents=noise,
+        output_type="latent",
+    )
     assert out.modality_frames is None
     condition = manual_encode(pipe, pipe.prepare_condition_videos(video, 1, 9, 64, 64)[0])
-    expected, untouched = authors_loop(pipe.transformer, noise, condition, text(pipe, "a knight"),
-                                       text(pipe, modality_prompt("segmentation")), "segmentation", 5, True, False)  # fmt: skip
+    expected, untouched = authors_loop(
+        pipe.transformer,
+        noise,
+        condition,
+        text(pipe, "a knight"),
+        text(pipe, modality_prompt("segmentation")),
+        "segmentation",
+        5,
+        True,
+        False,
+    )
     assert relative_error(out.frames, expected) < 1e-6
 
 
@@ -105,11 +152,14 @@ def test_perception_matches_the_authors_loop(components):
     pipe = make(UnityVideoPerceptionPipeline, components, scheduler=LinearFlowMatchEulerScheduler())
     video = rgb_video()
     noise = torch.randn(1, 48, 3, 4, 4, generator=seeded(4))
-    out = pipe(video=video, modality="raft", **SIZE, num_inference_steps=5, modality_latents=noise, output_type="latent")
+    out = pipe(
+        video=video, modality="raft", **SIZE, num_inference_steps=5, modality_latents=noise, output_type="latent"
+    )
     assert out.frames is None
     rgb = manual_encode(pipe, pipe.prepare_condition_videos(video, 1, 9, 64, 64)[0])
-    _, expected = authors_loop(pipe.transformer, rgb, noise, text(pipe, ""), text(pipe, modality_prompt("raft")),
-                               "raft", 5, False, True)  # fmt: skip
+    _, expected = authors_loop(
+        pipe.transformer, rgb, noise, text(pipe, ""), text(pipe, modality_prompt("raft")), "raft", 5, False, True
+    )
     assert relative_error(out.modality_frames, expected) < 1e-6
 
 
@@ -136,7 +186,9 @@ def test_seed_determinism_and_shapes(components):
     c = pipe("a red ball", generator=seeded(1), **kwargs)
     assert np.array_equal(a.frames, b.frames) and np.array_equal(a.modality_frames, b.modality_frames)
     assert not np.array_equal(a.frames, c.frames)
-    batch = pipe(["a red ball", "a blue cube"], num_videos_per_prompt=2, **{**kwargs, "modality": ["depth", "skeleton"]})
+    batch = pipe(
+        ["a red ball", "a blue cube"], num_videos_per_prompt=2, **{**kwargs, "modality": ["depth", "skeleton"]}
+    )
     assert batch.frames.shape == batch.modality_frames.shape == (4, 5, 64, 64, 3)
     assert 0 <= batch.frames.min() and batch.frames.max() <= 1
 
@@ -192,12 +244,22 @@ def test_texts_are_padded_to_the_tokenizer_length(components):
     assert pipe.text_length() == 16 and pipe.text_length(24) == 24
     lengths = []
     hook = pipe.transformer.register_forward_pre_hook(
-        lambda module, args, kwargs: lengths.append((kwargs["encoder_hidden_states"].shape[1], kwargs["modality_encoder_hidden_states"].shape[1])),
+        lambda module, args, kwargs: lengths.append(
+            (kwargs["encoder_hidden_states"].shape[1], kwargs["modality_encoder_hidden_states"].shape[1])
+        ),
         with_kwargs=True,
-    )  # fmt: skip
+    )
     try:
         pipe("a red ball", modality="depth", num_frames=5, num_inference_steps=1, guidance_scale=1.0, **SIZE)
-        pipe("a red ball", modality="depth", num_frames=5, num_inference_steps=1, guidance_scale=1.0, max_sequence_length=24, **SIZE)
+        pipe(
+            "a red ball",
+            modality="depth",
+            num_frames=5,
+            num_inference_steps=1,
+            guidance_scale=1.0,
+            max_sequence_length=24,
+            **SIZE,
+        )
     finally:
         hook.remove()
     assert lengths == [(16, 16), (24, 24)]
@@ -209,7 +271,9 @@ def test_modality_prompt_is_encoded_once(components, monkeypatch):
     pipe = make(UnityVideoPipeline, components)
     calls = []
     original = pipe._get_t5_prompt_embeds
-    monkeypatch.setattr(pipe, "_get_t5_prompt_embeds", lambda prompt, *a, **k: calls.append(prompt) or original(prompt, *a, **k))
+    monkeypatch.setattr(
+        pipe, "_get_t5_prompt_embeds", lambda prompt, *a, **k: calls.append(prompt) or original(prompt, *a, **k)
+    )
     for _ in range(2):
         pipe("a", modality="depth", num_frames=5, **SIZE, num_inference_steps=2, guidance_scale=1.0)
     assert calls.count(modality_prompt("depth")) == 1 and calls.count(["a"]) + calls.count("a") == 2
@@ -229,8 +293,17 @@ def test_swapped_schedulers_step_each_stream_with_its_own_history(components, sc
     pipe = make(UnityVideoPipeline, components)
     pipe.scheduler = scheduler.__class__.from_config(scheduler.config)
     noise, modality_noise = torch.randn(LATENT, generator=seeded(5)), torch.randn(LATENT, generator=seeded(6))
-    out = pipe("a", modality="depth", num_frames=5, **SIZE, num_inference_steps=4, guidance_scale=1.0,
-               latents=noise, modality_latents=modality_noise, output_type="latent")  # fmt: skip
+    out = pipe(
+        "a",
+        modality="depth",
+        num_frames=5,
+        **SIZE,
+        num_inference_steps=4,
+        guidance_scale=1.0,
+        latents=noise,
+        modality_latents=modality_noise,
+        output_type="latent",
+    )
 
     # the same loop by hand, one scheduler per stream
     rgb_scheduler = scheduler.__class__.from_config(scheduler.config)
@@ -239,9 +312,14 @@ def test_swapped_schedulers_step_each_stream_with_its_own_history(components, sc
     rgb, mod = noise.clone(), modality_noise.clone()
     for t in rgb_scheduler.timesteps:
         velocity, modality_velocity = pipe.transformer(
-            hidden_states=rgb, timestep=t.expand(1), encoder_hidden_states=text(pipe, "a"), modality_hidden_states=mod,
-            modality_encoder_hidden_states=text(pipe, modality_prompt("depth")), modality="depth", return_dict=False,
-        )  # fmt: skip
+            hidden_states=rgb,
+            timestep=t.expand(1),
+            encoder_hidden_states=text(pipe, "a"),
+            modality_hidden_states=mod,
+            modality_encoder_hidden_states=text(pipe, modality_prompt("depth")),
+            modality="depth",
+            return_dict=False,
+        )
         rgb = rgb_scheduler.step(velocity, t, rgb, return_dict=False)[0]
         mod = modality_scheduler.step(modality_velocity, t, mod, return_dict=False)[0]
     assert relative_error(out.frames, rgb) < 1e-6 and relative_error(out.modality_frames, mod) < 1e-6
@@ -256,8 +334,17 @@ def test_callback_can_change_latents(components):
         seen.append(sorted(tensors))
         return {"modality_latents": torch.zeros_like(tensors["modality_latents"])}
 
-    out = pipe("a", modality="depth", num_frames=5, **SIZE, num_inference_steps=3, guidance_scale=1.0, output_type="latent",
-               callback_on_step_end=zero_modality, callback_on_step_end_tensor_inputs=["latents", "modality_latents"])  # fmt: skip
+    out = pipe(
+        "a",
+        modality="depth",
+        num_frames=5,
+        **SIZE,
+        num_inference_steps=3,
+        guidance_scale=1.0,
+        output_type="latent",
+        callback_on_step_end=zero_modality,
+        callback_on_step_end_tensor_inputs=["latents", "modality_latents"],
+    )
     assert seen == [["latents", "modality_latents"]] * 3
     assert not out.modality_frames.any()
     with pytest.raises(ValueError, match="callback_on_step_end_tensor_inputs"):
@@ -290,7 +377,9 @@ def test_lora_load_fuse_unload(components):
     from peft.utils import get_peft_model_state_dict
 
     pipe = make(UnityVideoPipeline, copy.deepcopy(components))
-    kwargs = dict(modality="depth", num_frames=5, **SIZE, num_inference_steps=2, guidance_scale=1.0, output_type="latent")
+    kwargs = dict(
+        modality="depth", num_frames=5, **SIZE, num_inference_steps=2, guidance_scale=1.0, output_type="latent"
+    )
     base = pipe("a", generator=seeded(0), **kwargs).frames
 
     donor = copy.deepcopy(pipe.transformer)
@@ -320,7 +409,9 @@ def test_offload_tiling_and_cache(components):
     assert np.allclose(grouped("a", **{**kwargs, "generator": seeded(0)}).frames, expected, atol=1e-6)
 
     tiled = make(UnityVideoPipeline, copy.deepcopy(components))
-    tiled.vae.enable_tiling(tile_sample_min_height=32, tile_sample_min_width=32, tile_sample_stride_height=16, tile_sample_stride_width=16)
+    tiled.vae.enable_tiling(
+        tile_sample_min_height=32, tile_sample_min_width=32, tile_sample_stride_height=16, tile_sample_stride_width=16
+    )
     tiled.vae.enable_slicing()
     assert tiled("a", **{**kwargs, "generator": seeded(0)}).frames.shape == expected.shape
 
@@ -342,14 +433,44 @@ def test_offload_tiling_and_cache(components):
         (UnityVideoPipeline, dict(prompt=3), TypeError, "string or a list of strings"),
         (UnityVideoPipeline, dict(prompt="a", prompt_embeds=torch.zeros(1, 4, 32)), ValueError, "not both"),
         (UnityVideoPipeline, dict(prompt=["a", "b"], negative_prompt=["c"]), ValueError, "2 prompts but 1 negative"),
-        (UnityVideoPipeline, dict(prompt="a", latents=torch.zeros(1, 48, 3, 4, 4)), ValueError, "latents. must have shape"),
+        (
+            UnityVideoPipeline,
+            dict(prompt="a", latents=torch.zeros(1, 48, 3, 4, 4)),
+            ValueError,
+            "latents. must have shape",
+        ),
         (UnityVideoControlPipeline, dict(prompt="a", modality="depth"), ValueError, "Pass .control_video."),
         (UnityVideoControlPipeline, dict(prompt="a", control_video=rgb_video(9)), ValueError, "Pass .modality."),
-        (UnityVideoControlPipeline, dict(prompt="a", control_video=rgb_video(5), modality="depth", num_frames=9), ValueError, "has 5 frames; 9 were requested"),
-        (UnityVideoControlPipeline, dict(prompt=["a", "b", "c"], control_video=[rgb_video(5), rgb_video(5)], modality="depth"), ValueError, "2 videos for 3 prompts"),
-        (UnityVideoControlPipeline, dict(prompt="a", control_video=42, modality="depth"), TypeError, "A video is a file path"),
-        (UnityVideoControlPipeline, dict(prompt="a", control_video="/nonexistent.mp4", modality="depth"), FileNotFoundError, "No video at"),
-        (UnityVideoPerceptionPipeline, dict(video=torch.rand(5, 4, 8, 8), modality="depth"), ValueError, r"must be \(F, 3, H, W\)"),
+        (
+            UnityVideoControlPipeline,
+            dict(prompt="a", control_video=rgb_video(5), modality="depth", num_frames=9),
+            ValueError,
+            "has 5 frames; 9 were requested",
+        ),
+        (
+            UnityVideoControlPipeline,
+            dict(prompt=["a", "b", "c"], control_video=[rgb_video(5), rgb_video(5)], modality="depth"),
+            ValueError,
+            "2 videos for 3 prompts",
+        ),
+        (
+            UnityVideoControlPipeline,
+            dict(prompt="a", control_video=42, modality="depth"),
+            TypeError,
+            "A video is a file path",
+        ),
+        (
+            UnityVideoControlPipeline,
+            dict(prompt="a", control_video="/nonexistent.mp4", modality="depth"),
+            FileNotFoundError,
+            "No video at",
+        ),
+        (
+            UnityVideoPerceptionPipeline,
+            dict(video=torch.rand(5, 4, 8, 8), modality="depth"),
+            ValueError,
+            r"must be \(F, 3, H, W\)",
+        ),
     ],
 )
 def test_bad_input_is_refused_before_heavy_work(components, monkeypatch, pipeline_class, kwargs, error, message):
@@ -377,9 +498,18 @@ def test_windows_continue_the_previous_window(components):
     noise = torch.randn(1, 48, 5, 4, 4, generator=seeded(7))
     modality_noise = torch.randn(1, 48, 5, 4, 4, generator=seeded(8))
     common = dict(modality="depth", **SIZE, num_inference_steps=3, guidance_scale=1.0, output_type="latent")
-    long = pipe("a", num_frames=17, latents=noise, modality_latents=modality_noise, window_frames=9,
-                window_overlap_frames=4, **common)  # fmt: skip
-    first_window = pipe("a", num_frames=9, latents=noise[:, :, :3], modality_latents=modality_noise[:, :, :3], **common)
+    long = pipe(
+        "a",
+        num_frames=17,
+        latents=noise,
+        modality_latents=modality_noise,
+        window_frames=9,
+        window_overlap_frames=4,
+        **common,
+    )
+    first_window = pipe(
+        "a", num_frames=9, latents=noise[:, :, :3], modality_latents=modality_noise[:, :, :3], **common
+    )
     # windows (0, 3) and (2, 5) in latent frames: the second holds frame 2 to the first's result
     assert torch.equal(long.frames[:, :, :3], first_window.frames)
     assert torch.equal(long.modality_frames[:, :, :3], first_window.modality_frames)
@@ -391,7 +521,9 @@ def test_windows_continue_the_previous_window(components):
 def test_long_perception_and_control(components):
     video = rgb_video(frames=25)
     perception = make(UnityVideoPerceptionPipeline, components)
-    out = perception(video=video, modality="depth", **SIZE, num_inference_steps=2, window_frames=9, window_overlap_frames=8)
+    out = perception(
+        video=video, modality="depth", **SIZE, num_inference_steps=2, window_frames=9, window_overlap_frames=8
+    )
     assert out.modality_frames.shape == (1, 25, 64, 64, 3)
     control = make(UnityVideoControlPipeline, components)
     out = control("a", control_video=video, modality="depth", **SIZE, num_inference_steps=2, window_frames=13)

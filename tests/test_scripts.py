@@ -13,6 +13,7 @@ from unityvideo_diffusers import UnityVideoPipeline
 from unityvideo_diffusers.testing import tiny_pipeline_components
 from unityvideo_diffusers.video_io import load_frames
 
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -36,14 +37,36 @@ def test_documented_configs_parse():
 
 
 def test_inference_script_means_what_the_user_meant(model, tmp_path):
-    config = dict(model_path=str(model), text_prompt="a red ball", video_length=8, resolution="70x60", num_inference_steps=2,
-                  gradient_checkpointing=True, output_path=str(tmp_path / "out.mp4"), modality="depth")  # fmt: skip
+    config = dict(
+        model_path=str(model),
+        text_prompt="a red ball",
+        video_length=8,
+        resolution="70x60",
+        num_inference_steps=2,
+        gradient_checkpointing=True,
+        output_path=str(tmp_path / "out.mp4"),
+        modality="depth",
+    )
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "inference.py"), "--config", str(tmp_path / "config.yaml"),
-                             "--device", "cpu"], capture_output=True, text=True)  # fmt: skip
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "inference.py"),
+            "--config",
+            str(tmp_path / "config.yaml"),
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
-    for note in ("video_length 8 is not 4k+1; using 9", "height 60 is not a multiple of 32; using 64",
-                 "width 70 is not a multiple of 32; using 64", "gradient_checkpointing is a training setting; ignored"):  # fmt: skip
+    for note in (
+        "video_length 8 is not 4k+1; using 9",
+        "height 60 is not a multiple of 32; using 64",
+        "width 70 is not a multiple of 32; using 64",
+        "gradient_checkpointing is a training setting; ignored",
+    ):
         assert note in result.stdout
     frames = load_frames(tmp_path / "out.mp4")
     assert len(frames) == 9 and frames[0].size == (64, 64) and (tmp_path / "out_depth.mp4").exists()
@@ -51,8 +74,11 @@ def test_inference_script_means_what_the_user_meant(model, tmp_path):
 
 def test_inference_script_names_unknown_keys(tmp_path):
     (tmp_path / "config.yaml").write_text("model_path: x\ntext_promt: hi\n")
-    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "inference.py"), "--config", str(tmp_path / "config.yaml")],
-                            capture_output=True, text=True)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "inference.py"), "--config", str(tmp_path / "config.yaml")],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2 and "Unknown key 'text_promt'; did you mean 'text_prompt'?" in result.stderr
     assert "Traceback" not in result.stderr
 

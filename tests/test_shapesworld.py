@@ -14,11 +14,16 @@ from unityvideo_diffusers.data.shapesworld import WorldConfig, render, sample_sc
 from unityvideo_diffusers.modalities import decode_depth, decode_flow, decode_segmentation
 from unityvideo_diffusers.training.data import load_row_frames, read_metadata
 
+
 CONFIG = WorldConfig(height=48, width=48, frames=9)
 
 
 def digest(folder):
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def frames(folder):
@@ -56,7 +61,9 @@ def test_extra_captions_are_partial_captions_of_the_same_clip(tmp_path):
     write_split(tmp_path / "three", "train", 6, 3, CONFIG, captions=3)
     single = list(csv.DictReader(open(tmp_path / "one" / "train" / "metadata.csv")))
     rows = list(csv.DictReader(open(tmp_path / "three" / "train" / "metadata.csv")))
-    assert len(rows) == 18 and digest(tmp_path / "one" / "train" / "00000") == digest(tmp_path / "three" / "train" / "00000")
+    assert len(rows) == 18 and digest(tmp_path / "one" / "train" / "00000") == digest(
+        tmp_path / "three" / "train" / "00000"
+    )
     for index, row in enumerate(single):
         captions = rows[3 * index : 3 * index + 3]
         assert captions[0] == row and {c["video"] for c in captions} == {row["video"]}
@@ -72,8 +79,24 @@ def test_extra_captions_are_partial_captions_of_the_same_clip(tmp_path):
 def test_the_command_writes_one_split_of_one_object_scenes(tmp_path):
     from unityvideo_diffusers.data.shapesworld import main
 
-    main(["--output", str(tmp_path), "--train", "0", "--eval", "3", "--size", "32", "--frames", "5",
-          "--min-objects", "1", "--max-objects", "1"])  # fmt: skip
+    main(
+        [
+            "--output",
+            str(tmp_path),
+            "--train",
+            "0",
+            "--eval",
+            "3",
+            "--size",
+            "32",
+            "--frames",
+            "5",
+            "--min-objects",
+            "1",
+            "--max-objects",
+            "1",
+        ]
+    )
     assert not (tmp_path / "train").exists()
     scenes = [json.loads(path.read_text()) for path in sorted((tmp_path / "eval").glob("*/scene.json"))]
     assert len(scenes) == 3 and all(len(scene["objects"]) == 1 for scene in scenes)
@@ -89,7 +112,9 @@ def test_the_command_writes_the_demo_models_world(tmp_path):
     main(["--output", str(tmp_path), "--train", "0", "--eval", "4", "--size", "32", "--frames", "5", "--demo-world"])
     objects = [o for path in (tmp_path / "eval").glob("*/scene.json") for o in json.loads(path.read_text())["objects"]]
     low, high = WORLD["speed_range"]
-    assert objects and all(low <= o["speed"] <= high and WORLD["min_size"] <= o["size"] <= WORLD["max_size"] for o in objects)
+    assert objects and all(
+        low <= o["speed"] <= high and WORLD["min_size"] <= o["size"] <= WORLD["max_size"] for o in objects
+    )
 
 
 def test_held_out_compositions(world):
@@ -127,13 +152,22 @@ def test_flow_carries_objects_to_the_next_frame():
                 now, after = labels[t] == label, labels[t + 1] == label
                 ys, xs = np.nonzero(now)
                 # only objects fully visible in both frames (no occlusion, not at the border)
-                if len(ys) < 10 or abs(now.sum() - after.sum()) > 0.3 * now.sum() or now[[0, -1]].any() or now[:, [0, -1]].any():
+                if (
+                    len(ys) < 10
+                    or abs(now.sum() - after.sum()) > 0.3 * now.sum()
+                    or now[[0, -1]].any()
+                    or now[:, [0, -1]].any()
+                ):
                     continue
                 moved = np.stack([xs + flow[t, ys, xs, 0], ys + flow[t, ys, xs, 1]]).mean(axis=1)
                 ys2, xs2 = np.nonzero(after)
                 errors.append(np.abs(moved - np.array([xs2.mean(), ys2.mean()])).max())
     # median: exactness; the tail: rasterisation of small shapes and partial occlusion by the floor
-    assert len(errors) > 50 and np.median(errors) < 0.3 and np.percentile(errors, 90) < 1.0, (len(errors), np.median(errors), max(errors))
+    assert len(errors) > 50 and np.median(errors) < 0.3 and np.percentile(errors, 90) < 1.0, (
+        len(errors),
+        np.median(errors),
+        max(errors),
+    )
 
 
 def test_speed_range_sets_how_far_objects_travel():

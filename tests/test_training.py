@@ -24,6 +24,7 @@ from unityvideo_diffusers.training import ConfigError, TrainConfig, load_trained
 from unityvideo_diffusers.training.recipe import lr_factor, noise_streams, sample_timesteps, stream_losses
 from unityvideo_diffusers.video_io import save_video
 
+
 SIZE = dict(num_frames=9, height=64, width=64)
 
 
@@ -37,7 +38,9 @@ def world(tmp_path_factory):
     for i in range(4):
         for kind in ("rgb", "depth", "flow"):
             save_video(rng.random((9, 64, 64, 3)), root / "data" / f"{kind}{i}")
-        rows.append({"video": f"rgb{i}", "prompt": f"clip {i}", "depth": f"depth{i}", "raft": f"flow{i}" if i < 2 else ""})
+        rows.append(
+            {"video": f"rgb{i}", "prompt": f"clip {i}", "depth": f"depth{i}", "raft": f"flow{i}" if i < 2 else ""}
+        )
     rows.append({"video": "missing_clip", "prompt": "gone", "depth": "depth0", "raft": ""})
     with open(root / "data" / "metadata.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=["video", "prompt", "depth", "raft"])
@@ -47,9 +50,18 @@ def world(tmp_path_factory):
 
 
 def config_for(world: Path, save: Path, **overrides) -> TrainConfig:
-    values = dict(model_path=str(world / "model"), dataset_path=str(world / "data" / "metadata.csv"), save_path=str(save),
-                  max_steps=6, checkpoint_every=2, lr_warmup_steps=0, learning_rate=1e-3, ema_every=1,
-                  gradient_checkpointing=False, **SIZE)  # fmt: skip
+    values = dict(
+        model_path=str(world / "model"),
+        dataset_path=str(world / "data" / "metadata.csv"),
+        save_path=str(save),
+        max_steps=6,
+        checkpoint_every=2,
+        lr_warmup_steps=0,
+        learning_rate=1e-3,
+        ema_every=1,
+        gradient_checkpointing=False,
+        **SIZE,
+    )
     return TrainConfig.from_dict({**values, **overrides})
 
 
@@ -70,7 +82,9 @@ def test_recipe_math():
     assert losses.keys() == {"rgb_loss", "loss"} and losses["loss"] == 0
     error = (torch.randn(2, 4, 2, 2, 2) - streams.rgb_target) ** 2
     uniform = stream_losses((streams.rgb_target + error.sqrt(), modality), streams, torch.full((2, 1, 2, 2, 2), 3.0))
-    assert uniform["rgb_loss"] == pytest.approx(float(error.mean()), rel=1e-5)  # a weighted mean: uniform weights change nothing
+    assert uniform["rgb_loss"] == pytest.approx(
+        float(error.mean()), rel=1e-5
+    )  # a weighted mean: uniform weights change nothing
     only_first = torch.zeros(2, 1, 2, 2, 2)
     only_first[0] = 1
     weighted = stream_losses((streams.rgb_target + error.sqrt(), modality), streams, only_first)
@@ -86,21 +100,31 @@ def test_bad_configs_are_named_before_loading_anything(tmp_path):
     with pytest.raises(ConfigError, match=r"Unknown key 'learning_rte'; did you mean 'learning_rate'\?"):
         TrainConfig.from_dict({"learning_rte": 1e-4})
     config_file = tmp_path / "train.yaml"
-    config_file.write_text("model_path: nowhere\ndataset_path: nothing.csv\nnum_frames: 16\ntraining_mode: qlora\nbatch_size: 0\n"
-                           "foreground_loss_weight: -1\n")
+    config_file.write_text(
+        "model_path: nowhere\ndataset_path: nothing.csv\nnum_frames: 16\ntraining_mode: qlora\nbatch_size: 0\n"
+        "foreground_loss_weight: -1\n"
+    )
     with pytest.raises(ConfigError) as error:
         TrainConfig.from_yaml(config_file)
     message = str(error.value)
-    for expected in ("dataset_path nothing.csv is not a file", "num_frames must be 4k+1", "training_mode must be 'lora' or 'full'",
-                     "batch_size must be a positive integer", "foreground_loss_weight must be a finite number >= 0"):  # fmt: skip
+    for expected in (
+        "dataset_path nothing.csv is not a file",
+        "num_frames must be 4k+1",
+        "training_mode must be 'lora' or 'full'",
+        "batch_size must be a positive integer",
+        "foreground_loss_weight must be a finite number >= 0",
+    ):
         assert expected in message
 
 
 def test_cli_config_errors_are_one_line(tmp_path):
     config_file = tmp_path / "train.yaml"
     config_file.write_text("model_path: x\ndataset_path: y.csv\nlearning_rate: -1\n")
-    result = subprocess.run([sys.executable, "-m", "unityvideo_diffusers", "train", "--config", str(config_file)],
-                            capture_output=True, text=True)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "unityvideo_diffusers", "train", "--config", str(config_file)],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "learning_rate must be positive" in result.stderr
 
@@ -115,28 +139,48 @@ def test_lora_run_trains_adapters_and_exports(world, tmp_path):
     log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     assert {record["task"] for record in log} <= {"joint", "control", "perception"}
     assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*")) == [
-        "checkpoint-0000002", "checkpoint-0000004", "checkpoint-0000006"]  # fmt: skip
+        "checkpoint-0000002",
+        "checkpoint-0000004",
+        "checkpoint-0000006",
+    ]
 
     # only adapters (and the modality-stream modules) changed; the export reproduces the trained model
     base = UnityVideoPipeline.from_pretrained(world / "model")
     original = {k: v.clone() for k, v in base.transformer.state_dict().items()}
     load_trained_lora(base, export)
     extra = load_file(export / "unityvideo_extra_weights.safetensors")
-    assert extra and all(k.startswith(("control_encoder.", "modality_proj_out", "modality_scale_shift_table")) for k in extra)
-    changed = [k for k, v in base.transformer.state_dict().items()
-               if "lora" not in k and not torch.equal(v, original[k.replace(".base_layer", "")])]  # fmt: skip
+    assert extra and all(
+        k.startswith(("control_encoder.", "modality_proj_out", "modality_scale_shift_table")) for k in extra
+    )
+    changed = [
+        k
+        for k, v in base.transformer.state_dict().items()
+        if "lora" not in k and not torch.equal(v, original[k.replace(".base_layer", "")])
+    ]
     assert set(changed) == set(extra)
     trained = load_file(tmp_path / "run" / "checkpoint-0000006" / "trainable_weights.safetensors")
     lora_names = [k for k in trained if "lora_A" in k]
-    assert lora_names and all(torch.equal(base.transformer.get_parameter(k.replace(".default.", ".default_0.")), trained[k])
-                              for k in lora_names)  # fmt: skip
+    assert lora_names and all(
+        torch.equal(base.transformer.get_parameter(k.replace(".default.", ".default_0.")), trained[k])
+        for k in lora_names
+    )
 
 
 def test_training_reduces_the_loss(world, tmp_path):
     """Full fine-tuning on 4 clips: the flow-matching loss on fixed (t, noise) falls."""
-    config = config_for(world, tmp_path / "full", training_mode="full", max_steps=40, checkpoint_every=100,
-                        learning_rate=2e-3, prompt_dropout=0.0, task="joint", ema_decay=0.0, held_out_loss_every=15,
-                        held_out_dataset_path=str(world / "data" / "metadata.csv"))  # fmt: skip
+    config = config_for(
+        world,
+        tmp_path / "full",
+        training_mode="full",
+        max_steps=40,
+        checkpoint_every=100,
+        learning_rate=2e-3,
+        prompt_dropout=0.0,
+        task="joint",
+        ema_decay=0.0,
+        held_out_loss_every=15,
+        held_out_dataset_path=str(world / "data" / "metadata.csv"),
+    )
 
     def fixed_loss(transformer):
         from unityvideo_diffusers.training.data import LatentCache, pad_tokens
@@ -147,10 +191,19 @@ def test_training_reduces_the_loss(world, tmp_path):
         for row in range(4):
             sample = cache.sample(row)
             t = torch.full((1,), 0.6)
-            streams = noise_streams(resolve_task("joint"), sample["rgb"][None], sample["modality.depth"][None], t, generator)
+            streams = noise_streams(
+                resolve_task("joint"), sample["rgb"][None], sample["modality.depth"][None], t, generator
+            )
             with torch.no_grad():
-                prediction = transformer(streams.rgb, t * 1000, pad_tokens(sample["prompt_embeds"], 512)[None],
-                                         streams.modality, prompts["modality.depth"][None], modality="depth", return_dict=False)  # fmt: skip
+                prediction = transformer(
+                    streams.rgb,
+                    t * 1000,
+                    pad_tokens(sample["prompt_embeds"], 512)[None],
+                    streams.modality,
+                    prompts["modality.depth"][None],
+                    modality="depth",
+                    return_dict=False,
+                )
             total += float(stream_losses(prediction, streams)["loss"])
         return total / 4
 
@@ -158,7 +211,9 @@ def test_training_reduces_the_loss(world, tmp_path):
 
     train(config, progress=False)
     before = fixed_loss(UnityVideoTransformer3DModel.from_pretrained(world / "model", subfolder="transformer").eval())
-    after = fixed_loss(UnityVideoTransformer3DModel.from_pretrained(tmp_path / "full" / "final" / "transformer").eval())
+    after = fixed_loss(
+        UnityVideoTransformer3DModel.from_pretrained(tmp_path / "full" / "final" / "transformer").eval()
+    )
     assert after < 0.8 * before, (before, after)
 
     # the trainer's own held-out loss: before any update, every 15 updates and at the end, for each trained pair
@@ -182,10 +237,17 @@ def test_runs_share_a_latent_cache_that_fits(world, tmp_path, monkeypatch):
     shared = str(tmp_path / "first" / "latent_cache")
     train(config_for(world, tmp_path / "second", max_steps=1, ema_decay=0.0, latent_cache=shared), progress=False)
     assert not (tmp_path / "second" / "latent_cache").exists()
-    with pytest.raises(ConfigError, match=r"encoded at frames x height x width \[9, 64, 64\], this run wants \[5, 64, 64\]"):
+    with pytest.raises(
+        ConfigError, match=r"encoded at frames x height x width \[9, 64, 64\], this run wants \[5, 64, 64\]"
+    ):
         train(config_for(world, tmp_path / "third", max_steps=1, latent_cache=shared, num_frames=5), progress=False)
-    with pytest.raises(ConfigError, match="its prompts were cut at 512 tokens, this run's at 64"):  # the tokenizer's length
-        train(config_for(world, tmp_path / "fourth", max_steps=1, latent_cache=shared, max_sequence_length=64), progress=False)
+    with pytest.raises(
+        ConfigError, match="its prompts were cut at 512 tokens, this run's at 64"
+    ):  # the tokenizer's length
+        train(
+            config_for(world, tmp_path / "fourth", max_steps=1, latent_cache=shared, max_sequence_length=64),
+            progress=False,
+        )
     with pytest.raises(ConfigError, match="held_out_loss_every needs held_out_dataset_path"):
         config_for(world, tmp_path / "x", held_out_loss_every=5)
 
@@ -203,11 +265,16 @@ def test_a_task_can_draw_modalities_with_its_own_weights(world, tmp_path):
         drawn.setdefault(task.name, set()).add(modality)
     assert drawn == {"perception": {"raft"}, "joint": {"depth", "raft"}, "control": {"depth", "raft"}}
     plain = MultiTaskSampler(config_for(world, tmp_path), {"depth": [0, 1, 2, 3], "raft": [0, 1]}, rank=0, world=1)
-    assert [plain.draw(step)[0].name for step in range(50)] == [MultiTaskSampler(config, plain.rows_with, 0, 1).draw(s)[0].name
-                                                               for s in range(50)]  # the same tasks, step by step
+    assert [plain.draw(step)[0].name for step in range(50)] == [
+        MultiTaskSampler(config, plain.rows_with, 0, 1).draw(s)[0].name for s in range(50)
+    ]  # the same tasks, step by step
     with pytest.raises(ConfigError, match="task_modality_weights give perception no weight"):
-        MultiTaskSampler(config_for(world, tmp_path, task_modality_weights={"perception": {"segmentation": 1.0}}),
-                         {"depth": [0], "raft": [0]}, rank=0, world=1)  # fmt: skip
+        MultiTaskSampler(
+            config_for(world, tmp_path, task_modality_weights={"perception": {"segmentation": 1.0}}),
+            {"depth": [0], "raft": [0]},
+            rank=0,
+            world=1,
+        )
     with pytest.raises(ConfigError, match="give a mapping of modality to weight"):
         config_for(world, tmp_path, task_modality_weights={"joint": 3})
 
@@ -230,7 +297,9 @@ def test_captions_of_one_clip_share_its_encoding(world, tmp_path):
     pipe.vae.encode = lambda video: calls.append(video.shape[0]) or encode(video)
     cache = LatentCache(tmp_path / "cache")
     with torch.no_grad():
-        cache.build(read_metadata(tmp_path / "captions.csv", ["depth"]), pipe, ["depth"], 9, 64, 64, 16, progress=False)
+        cache.build(
+            read_metadata(tmp_path / "captions.csv", ["depth"]), pipe, ["depth"], 9, 64, 64, 16, progress=False
+        )
     assert calls == [2, 2]  # one call per clip, its RGB and depth videos together
     first, second, third, other = (cache.sample(i) for i in range(4))
     for row in (second, third):
@@ -247,26 +316,45 @@ def test_new_modality_trains_and_loads(world, tmp_path):
         writer = csv.DictWriter(handle, fieldnames=["video", "prompt", "reflectance"])
         writer.writeheader()
         writer.writerows({"video": r["video"], "prompt": r["prompt"], "reflectance": r["depth"]} for r in rows[:4])
-    config = config_for(world, tmp_path / "reflectance", dataset_path=str(data / "reflectance.csv"), max_steps=3,
-                        new_modalities={"reflectance": "reflectance visualization."}, task="perception")  # fmt: skip
+    config = config_for(
+        world,
+        tmp_path / "reflectance",
+        dataset_path=str(data / "reflectance.csv"),
+        max_steps=3,
+        new_modalities={"reflectance": "reflectance visualization."},
+        task="perception",
+    )
     export = train(config, progress=False)
     pipe = UnityVideoPipeline.from_pretrained(world / "model")
     load_trained_lora(pipe, export)
     assert "reflectance" in pipe.transformer.config.modalities
-    assert pipe.transformer.control_encoder.modality_embeddings["reflectance"].abs().sum() > 0  # trained, not the zero init
+    assert (
+        pipe.transformer.control_encoder.modality_embeddings["reflectance"].abs().sum() > 0
+    )  # trained, not the zero init
 
 
 # ---------------------------------------------------------------- exact resumption, even after SIGKILL
 
 
 def _run_cli(config_path: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "unityvideo_diffusers", "train", "--config", str(config_path), "--quiet", *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "unityvideo_diffusers", "train", "--config", str(config_path), "--quiet", *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _write_config(world: Path, save: Path, path: Path) -> Path:
-    config = config_for(world, save, max_steps=24, checkpoint_every=1, keep_last_checkpoints=30,
-                        gradient_accumulation_steps=2, batch_size=2)  # fmt: skip
+    config = config_for(
+        world,
+        save,
+        max_steps=24,
+        checkpoint_every=1,
+        keep_last_checkpoints=30,
+        gradient_accumulation_steps=2,
+        batch_size=2,
+    )
     import yaml
 
     path.write_text(yaml.safe_dump(config.to_dict()))
@@ -312,19 +400,45 @@ def test_two_process_cpu_run_keeps_ranks_identical(world, tmp_path):
     config_path.write_text(yaml.safe_dump(config_for(world, tmp_path / "ddp", max_steps=4).to_dict()))
     environment = {**os.environ, "ACCELERATE_USE_CPU": "true"}
     result = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-         "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "unityvideo_diffusers.training",
-         "--config", str(config_path), "--quiet"],
-        capture_output=True, text=True, env=environment, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "-m",
+            "unityvideo_diffusers.training",
+            "--config",
+            str(config_path),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     fingerprints = json.loads((tmp_path / "ddp" / "rank_fingerprints.json").read_text())
     assert len(fingerprints) == 2 and fingerprints[0] == fingerprints[1]
 
 
 def test_validation_videos(world, tmp_path):
-    config = config_for(world, tmp_path / "val", max_steps=2, validation_every=2, validation_prompts=["a red ball"],
-                        validation_steps=1, ema_decay=0.0)  # fmt: skip
+    config = config_for(
+        world,
+        tmp_path / "val",
+        max_steps=2,
+        validation_every=2,
+        validation_prompts=["a red ball"],
+        validation_steps=1,
+        ema_decay=0.0,
+    )
     train(config, progress=False)
     written = sorted(p.name for p in (tmp_path / "val" / "validation" / "step-0000002").iterdir())
     assert written == ["00_depth.mp4", "00_rgb.mp4"]
@@ -339,10 +453,16 @@ def test_extra_loss_hook_is_added(world, tmp_path):
         calls.append(task.name)
         return 0.0 * prediction[1].float().diff(dim=2).abs().mean() + 1.0
 
-    train(config_for(world, tmp_path / "extra", max_steps=2, ema_decay=0.0, log_every=1), extra_loss=modality_smoothness, progress=False)
+    train(
+        config_for(world, tmp_path / "extra", max_steps=2, ema_decay=0.0, log_every=1),
+        extra_loss=modality_smoothness,
+        progress=False,
+    )
     log = [json.loads(line) for line in (tmp_path / "extra" / "train_log.jsonl").read_text().splitlines()]
     assert len(calls) == 2 and all(record["extra"] == 1.0 for record in log)
-    assert all(abs(record["loss"] - 1.0 - record.get("rgb_loss", 0) - record.get("modality_loss", 0)) < 1e-5 for record in log)
+    assert all(
+        abs(record["loss"] - 1.0 - record.get("rgb_loss", 0) - record.get("modality_loss", 0)) < 1e-5 for record in log
+    )
 
 
 def test_foreground_loss_weight_weights_the_latents_over_objects(world, tmp_path):
@@ -364,15 +484,33 @@ def test_foreground_loss_weight_weights_the_latents_over_objects(world, tmp_path
 
     def weighted_mean(transformer, batch, prediction, streams, task):
         weighted = 1 + 4.0 * batch["foreground"][:, None].float()
-        pairs = (("rgb_loss", prediction[0], streams.rgb_target, weighted),
-                 ("modality_loss", prediction[1], streams.modality_target, torch.ones(())))  # fmt: skip
-        expected_losses.append({name: float((weight * (predicted.detach() - target) ** 2).sum() / weight.expand_as(target).sum())
-                                for name, predicted, target, weight in pairs if target is not None})  # fmt: skip
+        pairs = (
+            ("rgb_loss", prediction[0], streams.rgb_target, weighted),
+            ("modality_loss", prediction[1], streams.modality_target, torch.ones(())),
+        )
+        expected_losses.append(
+            {
+                name: float((weight * (predicted.detach() - target) ** 2).sum() / weight.expand_as(target).sum())
+                for name, predicted, target, weight in pairs
+                if target is not None
+            }
+        )
         return 0.0 * prediction[0].sum()
 
     save = tmp_path / "run"
-    train(config_for(world, save, dataset_path=str(data / "metadata.csv"), max_steps=3, ema_decay=0.0, log_every=1,
-                     foreground_loss_weight=4.0), extra_loss=weighted_mean, progress=False)  # fmt: skip
+    train(
+        config_for(
+            world,
+            save,
+            dataset_path=str(data / "metadata.csv"),
+            max_steps=3,
+            ema_decay=0.0,
+            log_every=1,
+            foreground_loss_weight=4.0,
+        ),
+        extra_loss=weighted_mean,
+        progress=False,
+    )
     from unityvideo_diffusers.training.data import LatentCache
 
     for i in range(2):
@@ -387,7 +525,10 @@ def test_foreground_loss_weight_weights_the_latents_over_objects(world, tmp_path
         train(config_for(world, tmp_path / "no_masks", max_steps=1, foreground_loss_weight=1.0), progress=False)
     assert not (tmp_path / "no_masks" / "latent_cache").exists()  # refused before encoding anything
     # estimation alone never generates RGB, so the weight has nothing to act on and needs no masks
-    train(config_for(world, tmp_path / "estimation", task="perception", max_steps=1, foreground_loss_weight=1.0), progress=False)
+    train(
+        config_for(world, tmp_path / "estimation", task="perception", max_steps=1, foreground_loss_weight=1.0),
+        progress=False,
+    )
     assert (tmp_path / "estimation" / "final").is_dir()
 
 
@@ -399,15 +540,28 @@ def test_compiled_blocks_train_like_eager_ones(world, tmp_path):
     steps, learning_rate = 3, 1e-3
     for name, compiled in (("eager", False), ("compiled", True)):
         save = tmp_path / name
-        train(config_for(world, save, training_mode="full", max_steps=steps, ema_decay=0.0, compile_blocks=compiled,
-                         learning_rate=learning_rate, log_every=1), progress=False)  # fmt: skip
+        train(
+            config_for(
+                world,
+                save,
+                training_mode="full",
+                max_steps=steps,
+                ema_decay=0.0,
+                compile_blocks=compiled,
+                learning_rate=learning_rate,
+                log_every=1,
+            ),
+            progress=False,
+        )
         finals[name] = load_file(save / f"checkpoint-{steps:07d}" / "trainable_weights.safetensors")
         losses[name] = [json.loads(line)["loss"] for line in (save / "train_log.jsonl").read_text().splitlines()]
     assert len(losses["eager"]) == steps
     assert losses["compiled"] == pytest.approx(losses["eager"], rel=1e-4)
     assert finals["eager"].keys() == finals["compiled"].keys()
     for key, tensor in finals["eager"].items():
-        assert (finals["compiled"][key] - tensor).abs().max() <= 2 * steps * learning_rate * 10, key  # 10: added modules' lr
+        assert (finals["compiled"][key] - tensor).abs().max() <= 2 * steps * learning_rate * 10, (
+            key
+        )  # 10: added modules' lr
 
 
 def test_max_minutes_stops_the_run_and_exports_what_it_reached(world, tmp_path):

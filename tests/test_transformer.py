@@ -71,7 +71,9 @@ def test_fresh_modality_stream_ignores_its_input():
     model = UnityVideoTransformer3DModel.from_wan(_wan())
     inputs = random_inputs()
     out_a = model(**inputs, modality="depth")
-    out_b = model(**{**inputs, "modality_hidden_states": torch.randn_like(inputs["modality_hidden_states"])}, modality="depth")
+    out_b = model(
+        **{**inputs, "modality_hidden_states": torch.randn_like(inputs["modality_hidden_states"])}, modality="depth"
+    )
     assert torch.equal(out_a.sample, out_b.sample) and torch.equal(out_a.modality_sample, out_b.modality_sample)
 
 
@@ -81,7 +83,11 @@ def test_wan_lora_loads_directly():
 
     wan = _wan()
     model = UnityVideoTransformer3DModel.from_wan(copy.deepcopy(wan))
-    wan.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0", "net.2"], init_lora_weights=False))
+    wan.add_adapter(
+        LoraConfig(
+            r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0", "net.2"], init_lora_weights=False
+        )
+    )
     lora_state = {f"transformer.{k}": v for k, v in get_peft_model_state_dict(wan).items()}
     model.load_lora_adapter(lora_state, prefix="transformer", adapter_name="wan_lora")
     inputs = random_inputs()
@@ -148,8 +154,14 @@ def test_return_tuple(tiny_model):
     "change, message",
     [
         (dict(modality="normals"), "This model has no modality .normals.; it has: depth, densepose"),
-        (dict(hidden_states=torch.randn(2, 4, 3, 5, 6), modality_hidden_states=torch.randn(2, 4, 3, 5, 6)), "patch grid"),
-        (dict(hidden_states=torch.randn(2, 5, 3, 4, 6), modality_hidden_states=torch.randn(2, 5, 3, 4, 6)), r"\(B, 4, F, H, W\)"),
+        (
+            dict(hidden_states=torch.randn(2, 4, 3, 5, 6), modality_hidden_states=torch.randn(2, 4, 3, 5, 6)),
+            "patch grid",
+        ),
+        (
+            dict(hidden_states=torch.randn(2, 5, 3, 4, 6), modality_hidden_states=torch.randn(2, 5, 3, 4, 6)),
+            r"\(B, 4, F, H, W\)",
+        ),
         (dict(modality_hidden_states=torch.randn(2, 4, 3, 4, 8)), "must have the shape"),
         (dict(timestep=torch.rand(3)), "timestep"),
         (dict(encoder_hidden_states=torch.randn(2, 7, 8)), "encoder_hidden_states"),
@@ -201,7 +213,9 @@ def test_add_modality(tiny_model, tmp_path):
     tiny_model.control_encoder.modality_embeddings["normal"].data.normal_()
     tiny_model.save_pretrained(tmp_path)
     reloaded = UnityVideoTransformer3DModel.from_pretrained(tmp_path).eval()
-    assert torch.equal(reloaded(**inputs, modality="normal").modality_sample, tiny_model(**inputs, modality="normal").modality_sample)
+    assert torch.equal(
+        reloaded(**inputs, modality="normal").modality_sample, tiny_model(**inputs, modality="normal").modality_sample
+    )
 
 
 def test_add_modality_grows_adaln_tables():

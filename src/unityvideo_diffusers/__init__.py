@@ -11,6 +11,7 @@ from .pipelines import (
 from .schedulers import LinearFlowMatchEulerScheduler
 from .tasks import TASK_NAMES, resolve_task
 
+
 __version__ = "0.1.0"
 
 # the bundled demo model (a small UnityVideo trained on ShapesWorld; see unityvideo_diffusers.data.demo_model)

@@ -78,17 +78,43 @@ def _train(args: argparse.Namespace) -> str:
 # ---------------------------------------------------------------- generate / control / estimate
 
 JOB_DEFAULTS = dict(
-    model=None, output=None, device="cpu", dtype="fp32", offload=False, vae_tiling=False, scheduler="default",
-    steps=30, guidance_scale=5.0, seed=0, frames=33, height=256, width=256, fps=8, negative_prompt=None,
-    modality=None, image=None, prompt=None, control_video=None, control_image=None, video=None,
-)  # fmt: skip
+    model=None,
+    output=None,
+    device="cpu",
+    dtype="fp32",
+    offload=False,
+    vae_tiling=False,
+    scheduler="default",
+    steps=30,
+    guidance_scale=5.0,
+    seed=0,
+    frames=33,
+    height=256,
+    width=256,
+    fps=8,
+    negative_prompt=None,
+    modality=None,
+    image=None,
+    prompt=None,
+    control_video=None,
+    control_image=None,
+    video=None,
+)
 JOB_OPTIONS = {
     "generate": {"prompt", "negative_prompt", "modality", "image"},
     "control": {"prompt", "negative_prompt", "modality", "control_video", "control_image"},
     "estimate": {"video", "modality", "prompt"},
     "restyle": {"video", "prompt", "negative_prompt", "modality"},
 }
-SHARED_OPTIONS = set(JOB_DEFAULTS) - {"prompt", "negative_prompt", "modality", "image", "control_video", "control_image", "video"}
+SHARED_OPTIONS = set(JOB_DEFAULTS) - {
+    "prompt",
+    "negative_prompt",
+    "modality",
+    "image",
+    "control_video",
+    "control_image",
+    "video",
+}
 
 
 def _default_model() -> str:
@@ -117,11 +143,17 @@ def _job_settings(job: str, args: argparse.Namespace) -> dict:
     if settings.get("model") is None:
         settings["model"] = _default_model()
     for key, value in recipe_defaults(settings["model"]).items():  # a model trained at its own size: the demo model
-        fixed_by_job = (key == "frames" and settings.get("frames") is None) or (key == "guidance_scale" and job == "estimate")
+        fixed_by_job = (key == "frames" and settings.get("frames") is None) or (
+            key == "guidance_scale" and job == "estimate"
+        )
         if key not in explicit and not fixed_by_job:
             settings[key] = value
-    required = {"generate": ["prompt"], "control": ["prompt", "modality"], "estimate": ["video", "modality"],
-                "restyle": ["video", "prompt"]}[job]  # fmt: skip
+    required = {
+        "generate": ["prompt"],
+        "control": ["prompt", "modality"],
+        "estimate": ["video", "modality"],
+        "restyle": ["video", "prompt"],
+    }[job]
     missing = [name for name in required if not settings.get(name)]
     if job == "control" and not (settings.get("control_video") or settings.get("control_image")):
         missing.append("control_video or control_image")
@@ -133,7 +165,9 @@ def _job_settings(job: str, args: argparse.Namespace) -> dict:
     for name in ("steps", "height", "width", "fps"):
         if not isinstance(settings[name], int) or settings[name] <= 0:
             raise ValueError(f"{name} must be a positive integer, got {settings[name]!r}.")
-    if settings["frames"] is not None and (not isinstance(settings["frames"], int) or (settings["frames"] - 1) % 4 or settings["frames"] < 1):
+    if settings["frames"] is not None and (
+        not isinstance(settings["frames"], int) or (settings["frames"] - 1) % 4 or settings["frames"] < 1
+    ):
         raise ValueError(f"frames must be 4k+1 (1, 5, 9, ..., 33, ...), got {settings['frames']!r}.")
     if settings["output"] is None:
         settings["output"] = f"outputs/{job}-{time.strftime('%Y%m%d-%H%M%S')}.mp4"
@@ -168,7 +202,9 @@ def _apply_config(args: argparse.Namespace) -> None:
                 setattr(args, key, value)
     missing = [name for name in args.required if getattr(args, name) in (None, "")]
     if missing:
-        raise ValueError(f"missing {', '.join('--' + name.replace('_', '-') for name in missing)} (a flag or a --config key).")
+        raise ValueError(
+            f"missing {', '.join('--' + name.replace('_', '-') for name in missing)} (a flag or a --config key)."
+        )
 
 
 def _job(job: str):
@@ -184,7 +220,9 @@ def _job(job: str):
 def _add_job_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="converted UnityVideo folder or Hub id (default: the bundled demo model)")
     parser.add_argument("--config", help="YAML file of these options (flags override it)")
-    parser.add_argument("--output", help="mp4 (default), gif, or a folder for PNG frames; a JSON record goes beside it")
+    parser.add_argument(
+        "--output", help="mp4 (default), gif, or a folder for PNG frames; a JSON record goes beside it"
+    )
     parser.add_argument("--device", help="cpu (default), cuda, cuda:1, mps ...")
     parser.add_argument("--dtype", choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--offload", action="store_true", default=None, help="model CPU offload (low GPU memory)")
@@ -214,13 +252,24 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--checkpoint", help="released .safetensors file, or a diffusers folder (required)")
     convert.add_argument("--output", help="output folder, or .safetensors file when converting back (required)")
     convert.add_argument("--config", help="YAML file of these options (flags override it)")
-    convert.add_argument("--base", help="Wan2.2-TI2V-5B diffusers folder or Hub id: also write vae, text encoder, "
-                         "tokenizer, scheduler and model_index.json (a complete pipeline folder)")
-    convert.add_argument("--transformer-config", help="JSON of UnityVideoTransformer3DModel config keys "
-                         "(default: the released 5B config)")
-    convert.add_argument("--transformer-only", action="store_true", help="write the transformer folder itself as --output")
-    convert.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"], help="dtype of the written weights")
-    convert.add_argument("--sha256", help="expected SHA-256 of --checkpoint (the released files are checked by default)")
+    convert.add_argument(
+        "--base",
+        help="Wan2.2-TI2V-5B diffusers folder or Hub id: also write vae, text encoder, "
+        "tokenizer, scheduler and model_index.json (a complete pipeline folder)",
+    )
+    convert.add_argument(
+        "--transformer-config",
+        help="JSON of UnityVideoTransformer3DModel config keys (default: the released 5B config)",
+    )
+    convert.add_argument(
+        "--transformer-only", action="store_true", help="write the transformer folder itself as --output"
+    )
+    convert.add_argument(
+        "--dtype", default="bf16", choices=["bf16", "fp16", "fp32"], help="dtype of the written weights"
+    )
+    convert.add_argument(
+        "--sha256", help="expected SHA-256 of --checkpoint (the released files are checked by default)"
+    )
     convert.add_argument("--max-shard-size", default="5GB", help="largest weight file, e.g. 5GB or 500MB")
     convert.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     convert.add_argument("--push-to", metavar="REPO_ID", help="then upload the folder (private) with a model card")
@@ -262,7 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_job_options(estimate)
     estimate.set_defaults(run=_job("estimate"))
 
-    restyle = commands.add_parser("restyle", help="a video -> its depth (or other modality) -> a new video from a new prompt")
+    restyle = commands.add_parser(
+        "restyle", help="a video -> its depth (or other modality) -> a new video from a new prompt"
+    )
     restyle.add_argument("video", nargs="?")
     restyle.add_argument("prompt", nargs="?")
     restyle.add_argument("--modality", help="what carries the structure (default depth; segmentation, raft, ...)")
@@ -294,17 +345,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluation = commands.add_parser("eval", help="quality on held-out ShapesWorld scenes, against baselines")
     evaluation.add_argument("--model", help="a model trained on ShapesWorld (default: the bundled demo model)")
-    evaluation.add_argument("--data", required=True, help="a ShapesWorld eval split folder (python -m unityvideo_diffusers.data.shapesworld)")
+    evaluation.add_argument(
+        "--data",
+        required=True,
+        help="a ShapesWorld eval split folder (python -m unityvideo_diffusers.data.shapesworld)",
+    )
     evaluation.add_argument("--baseline-model", help="e.g. the untrained starting folder")
     evaluation.add_argument("--steps", type=int, nargs="+", default=[20])
     evaluation.add_argument("--schedulers", nargs="+", default=["default"])
     evaluation.add_argument("--limit", type=int, help="only the first N clips")
     evaluation.add_argument("--guidance-scale", type=float, default=3.0, help="for control and text -> video")
-    evaluation.add_argument("--vae-ceiling", action="store_true", help="also score the model's VAE reconstructions of the true clips")
-    evaluation.add_argument("--jobs", nargs="+", choices=["perception", "control", "text2video"],
-                            help="score only these (default: all three)")
-    evaluation.add_argument("--shape-reader", choices=["calibrated", "exact"], default="calibrated",
-                            help="read shapes as the model's VAE draws them (fitted on fresh scenes of the world), or as drawn exactly")  # fmt: skip
+    evaluation.add_argument(
+        "--vae-ceiling", action="store_true", help="also score the model's VAE reconstructions of the true clips"
+    )
+    evaluation.add_argument(
+        "--jobs",
+        nargs="+",
+        choices=["perception", "control", "text2video"],
+        help="score only these (default: all three)",
+    )
+    evaluation.add_argument(
+        "--shape-reader",
+        choices=["calibrated", "exact"],
+        default="calibrated",
+        help="read shapes as the model's VAE draws them (fitted on fresh scenes of the world), or as drawn exactly",
+    )
     evaluation.add_argument("--device", default="cpu", help="cpu (default), cuda, ...")
     evaluation.add_argument("--output", default="quality.json")
     evaluation.set_defaults(run=_eval)
@@ -331,8 +396,20 @@ def _demo(args: argparse.Namespace) -> str:
 def _eval(args: argparse.Namespace) -> str:
     from .data.evaluate import main as evaluate
 
-    argv = ["--model", args.model or _default_model(), "--data", args.data, "--output", args.output,
-            "--steps", *map(str, args.steps), "--schedulers", *args.schedulers, "--guidance-scale", str(args.guidance_scale)]  # fmt: skip
+    argv = [
+        "--model",
+        args.model or _default_model(),
+        "--data",
+        args.data,
+        "--output",
+        args.output,
+        "--steps",
+        *map(str, args.steps),
+        "--schedulers",
+        *args.schedulers,
+        "--guidance-scale",
+        str(args.guidance_scale),
+    ]
     argv += ["--baseline-model", args.baseline_model] if args.baseline_model else []
     argv += ["--limit", str(args.limit)] if args.limit else []
     argv += ["--vae-ceiling"] if args.vae_ceiling else []
@@ -348,9 +425,16 @@ def _push(args: argparse.Namespace) -> str:
 
     if not Path(args.folder).is_dir():
         raise FileNotFoundError(f"{args.folder} is not a folder.")
-    push_folder(args.folder, args.repo_id, private=args.private or None, token=args.token,
-                commit_message=args.commit_message, create_pr=args.create_pr, base_model=args.base_model,
-                overwrite_card=args.overwrite_card)  # fmt: skip
+    push_folder(
+        args.folder,
+        args.repo_id,
+        private=args.private or None,
+        token=args.token,
+        commit_message=args.commit_message,
+        create_pr=args.create_pr,
+        base_model=args.base_model,
+        overwrite_card=args.overwrite_card,
+    )
     return f"Uploaded {args.folder} to https://huggingface.co/{args.repo_id}."
 
 
@@ -386,7 +470,9 @@ def _info(args: argparse.Namespace) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    command = {"text2all": "generate", "flow2video": "control", "video2flow": "estimate"}.get(args.command, args.command)
+    command = {"text2all": "generate", "flow2video": "control", "video2flow": "estimate"}.get(
+        args.command, args.command
+    )
     try:
         if hasattr(args, "parser"):  # commands whose options may also come from --config
             _apply_config(args)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from an offline machine
 
 
@@ -31,8 +32,13 @@ def build_demo(model: str, device: str = "cpu", dtype: str = "fp32"):
         return str(save_video(frames, folder / f"{name}-{uuid.uuid4().hex[:8]}.mp4"))
 
     def settings(steps, guidance, seed, frames, size):
-        return dict(num_inference_steps=int(steps), guidance_scale=float(guidance), height=int(size), width=int(size),
-                    generator=torch.Generator().manual_seed(int(seed)))  # fmt: skip
+        return dict(
+            num_inference_steps=int(steps),
+            guidance_scale=float(guidance),
+            height=int(size),
+            width=int(size),
+            generator=torch.Generator().manual_seed(int(seed)),
+        )
 
     def text_to_video(prompt, modality, steps, guidance, seed, frames, size):
         if not prompt:
@@ -56,7 +62,9 @@ def build_demo(model: str, device: str = "cpu", dtype: str = "fp32"):
         gr.Markdown("# UnityVideo\nOne model: text → video + modality, modality → video, video → modality.")
         with gr.Row():
             steps = gr.Slider(1, 100, value=defaults["steps"], step=1, label="steps")
-            guidance = gr.Slider(1, 10, value=defaults["guidance_scale"], step=0.5, label="guidance (not for estimation)")
+            guidance = gr.Slider(
+                1, 10, value=defaults["guidance_scale"], step=0.5, label="guidance (not for estimation)"
+            )
             seed = gr.Number(value=0, precision=0, label="seed")
             frames = gr.Slider(1, 81, value=defaults["frames"], step=4, label="frames (4k+1)")
             size = gr.Slider(64, 512, value=defaults["height"], step=32, label="height = width")
@@ -88,6 +96,13 @@ def build_demo(model: str, device: str = "cpu", dtype: str = "fp32"):
     return demo
 
 
-def launch(model: str, device: str = "cpu", dtype: str = "fp32", host: str = "127.0.0.1", port: int = 7860, share: bool = False):
+def launch(
+    model: str,
+    device: str = "cpu",
+    dtype: str = "fp32",
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    share: bool = False,
+):
     demo = build_demo(model, device, dtype)
     demo.queue().launch(server_name=host, server_port=port, share=share, show_error=True)

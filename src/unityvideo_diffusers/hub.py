@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+
 CARD_NAME = "README.md"
 
 
@@ -53,7 +54,12 @@ def model_card(folder: str | os.PathLike, repo_id: str, base_model: str = "Kling
         lines += ["", "## Training", "", "```json", json.dumps(training, indent=2, default=str), "```"]
     if config:
         size = f"{config.get('num_layers')} layers, {config.get('num_attention_heads')} x {config.get('attention_head_dim')} heads"
-        lines += ["", "## Model", "", f"`UnityVideoTransformer3DModel`: {size}, {config.get('in_channels')} latent channels."]
+        lines += [
+            "",
+            "## Model",
+            "",
+            f"`UnityVideoTransformer3DModel`: {size}, {config.get('in_channels')} latent channels.",
+        ]
     return "\n".join(lines) + "\n"
 
 

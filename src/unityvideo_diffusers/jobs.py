@@ -12,6 +12,7 @@ import torch
 from .modalities import decode_depth, decode_flow, decode_segmentation
 from .video_io import load_frames, save_video
 
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DECODERS = {
     "depth": ("disparity", decode_depth),
@@ -53,7 +54,9 @@ def make_scheduler(name: str, pipe):
     return choices[name]()
 
 
-def load_pipeline(pipeline_class, model: str, device: str, dtype: str, offload: bool, vae_tiling: bool, scheduler: str):
+def load_pipeline(
+    pipeline_class, model: str, device: str, dtype: str, offload: bool, vae_tiling: bool, scheduler: str
+):
     if dtype not in DTYPES:
         raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}.")
     if not Path(model).exists() and model.count("/") != 1:
@@ -90,41 +93,92 @@ def run(job: str, settings: dict) -> dict:
     from .pipelines import UnityVideoControlPipeline, UnityVideoPerceptionPipeline, UnityVideoPipeline
 
     started = time.perf_counter()
-    pipeline_class = {"generate": UnityVideoPipeline, "control": UnityVideoControlPipeline,
-                      "estimate": UnityVideoPerceptionPipeline, "restyle": UnityVideoPerceptionPipeline}[job]  # fmt: skip
+    pipeline_class = {
+        "generate": UnityVideoPipeline,
+        "control": UnityVideoControlPipeline,
+        "estimate": UnityVideoPerceptionPipeline,
+        "restyle": UnityVideoPerceptionPipeline,
+    }[job]
     output = Path(settings["output"])
     modality = settings.get("modality")
-    pipe = load_pipeline(pipeline_class, settings["model"], settings["device"], settings["dtype"], settings["offload"],
-                         settings["vae_tiling"], settings["scheduler"])  # fmt: skip
+    pipe = load_pipeline(
+        pipeline_class,
+        settings["model"],
+        settings["device"],
+        settings["dtype"],
+        settings["offload"],
+        settings["vae_tiling"],
+        settings["scheduler"],
+    )
     loaded = time.perf_counter()
     modality = pipe.transformer.resolve_modality_name(modality) if modality else None  # "flow" -> "raft"
-    common = dict(height=settings["height"], width=settings["width"], num_inference_steps=settings["steps"],
-                  guidance_scale=settings["guidance_scale"], generator=torch.Generator().manual_seed(settings["seed"]))  # fmt: skip
+    common = dict(
+        height=settings["height"],
+        width=settings["width"],
+        num_inference_steps=settings["steps"],
+        guidance_scale=settings["guidance_scale"],
+        generator=torch.Generator().manual_seed(settings["seed"]),
+    )
     if job == "generate":
         image = load_frames(settings["image"])[0] if settings.get("image") else None
-        result = pipe(settings["prompt"], negative_prompt=settings.get("negative_prompt"), modality=modality, image=image,
-                      num_frames=settings["frames"], **common)  # fmt: skip
+        result = pipe(
+            settings["prompt"],
+            negative_prompt=settings.get("negative_prompt"),
+            modality=modality,
+            image=image,
+            num_frames=settings["frames"],
+            **common,
+        )
     elif job == "control":
         control = settings.get("control_video")
         if settings.get("control_image"):
             control = load_frames(settings["control_image"])[:1] * settings["frames"]  # a still control, held
-        result = pipe(settings["prompt"], control_video=control, modality=modality,
-                      negative_prompt=settings.get("negative_prompt"), num_frames=settings.get("frames"), **common)  # fmt: skip
+        result = pipe(
+            settings["prompt"],
+            control_video=control,
+            modality=modality,
+            negative_prompt=settings.get("negative_prompt"),
+            num_frames=settings.get("frames"),
+            **common,
+        )
     elif job == "estimate":
-        result = pipe(video=settings["video"], modality=modality, prompt=settings.get("prompt") or "",
-                      num_frames=settings.get("frames"), **common)  # fmt: skip
+        result = pipe(
+            video=settings["video"],
+            modality=modality,
+            prompt=settings.get("prompt") or "",
+            num_frames=settings.get("frames"),
+            **common,
+        )
     else:  # restyle: the video's modality (its structure and motion), then a new video that follows it
-        structure = pipe(video=settings["video"], modality=modality, num_frames=settings.get("frames"),
-                         **{**common, "guidance_scale": 1.0})  # fmt: skip
+        structure = pipe(
+            video=settings["video"],
+            modality=modality,
+            num_frames=settings.get("frames"),
+            **{**common, "guidance_scale": 1.0},
+        )
         control = UnityVideoControlPipeline.from_pipe(pipe)
-        result = control(settings["prompt"], control_video=structure.modality_frames[0], modality=modality,
-                         negative_prompt=settings.get("negative_prompt"), **common)  # fmt: skip
+        result = control(
+            settings["prompt"],
+            control_video=structure.modality_frames[0],
+            modality=modality,
+            negative_prompt=settings.get("negative_prompt"),
+            **common,
+        )
         result.modality_frames = structure.modality_frames
     generated = time.perf_counter()
-    written = write_outputs(output, result.frames, result.modality_frames, modality, settings["fps"], job == "estimate")
-    record = {"job": job, "settings": settings, "outputs": written,
-              "seconds": {"load": round(loaded - started, 3), "generate": round(generated - loaded, 3),
-                          "total": round(time.perf_counter() - started, 3)}}  # fmt: skip
+    written = write_outputs(
+        output, result.frames, result.modality_frames, modality, settings["fps"], job == "estimate"
+    )
+    record = {
+        "job": job,
+        "settings": settings,
+        "outputs": written,
+        "seconds": {
+            "load": round(loaded - started, 3),
+            "generate": round(generated - loaded, 3),
+            "total": round(time.perf_counter() - started, 3),
+        },
+    }
     record_path = output.with_name(f"{output.stem or output.name}.json")
     record_path.write_text(json.dumps(record, indent=2, default=str))
     record["record"] = str(record_path)

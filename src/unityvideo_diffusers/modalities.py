@@ -228,7 +228,9 @@ def encode_segmentation(labels: np.ndarray, palette: np.ndarray = SEGMENTATION_P
     """Integer labels (..., H, W) (0 = background) -> palette colours (..., H, W, 3)."""
     labels = np.asarray(labels)
     if labels.min() < 0 or labels.max() >= len(palette):
-        raise ValueError(f"Labels must be in [0, {len(palette)}) for this palette; got [{labels.min()}, {labels.max()}].")
+        raise ValueError(
+            f"Labels must be in [0, {len(palette)}) for this palette; got [{labels.min()}, {labels.max()}]."
+        )
     return palette[labels]
 
 

@@ -57,17 +57,35 @@ def tiny_pipeline_components(seed: int = 0, transformer_config: dict | None = No
     torch.manual_seed(seed)
     tokenizer = tiny_tokenizer()
     text_encoder = UMT5EncoderModel(
-        UMT5Config(vocab_size=len(tokenizer), d_model=config["text_dim"], d_kv=8, d_ff=64, num_layers=1, num_heads=4,
-                   relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1)
-    ).eval()  # fmt: skip
+        UMT5Config(
+            vocab_size=len(tokenizer),
+            d_model=config["text_dim"],
+            d_kv=8,
+            d_ff=64,
+            num_layers=1,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            pad_token_id=0,
+            eos_token_id=1,
+        )
+    ).eval()
     generator = torch.Generator().manual_seed(seed)
     vae = AutoencoderKLWan(
-        base_dim=8, decoder_base_dim=8, z_dim=config["in_channels"], dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-        temperal_downsample=[False, True, True], is_residual=True, in_channels=12, out_channels=12, patch_size=2,
-        scale_factor_spatial=16, scale_factor_temporal=4,
+        base_dim=8,
+        decoder_base_dim=8,
+        z_dim=config["in_channels"],
+        dim_mult=[1, 1, 1, 1],
+        num_res_blocks=1,
+        temperal_downsample=[False, True, True],
+        is_residual=True,
+        in_channels=12,
+        out_channels=12,
+        patch_size=2,
+        scale_factor_spatial=16,
+        scale_factor_temporal=4,
         latents_mean=(torch.randn(config["in_channels"], generator=generator) * 0.1).tolist(),
         latents_std=(1 + torch.rand(config["in_channels"], generator=generator)).tolist(),
-    ).eval()  # fmt: skip
+    ).eval()
     transformer = UnityVideoTransformer3DModel(**config).eval()
     if randomize:
         randomize_parameters(transformer, seed)

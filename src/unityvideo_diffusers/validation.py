@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import difflib
-from typing import Iterable
+from collections.abc import Iterable
 
 
 def unknown_key(key: str, valid: Iterable[str], where: str = "") -> str:
-    """"Unknown key 'x' in F; did you mean 'y'?" (or without the suggestion when nothing is close)."""
+    """ "Unknown key 'x' in F; did you mean 'y'?" (or without the suggestion when nothing is close)."""
     close = difflib.get_close_matches(key, sorted(valid), n=1)
-    return f"Unknown key {key!r}{f' in {where}' if where else ''}" + (f"; did you mean {close[0]!r}?" if close else ".")
+    return f"Unknown key {key!r}{f' in {where}' if where else ''}" + (
+        f"; did you mean {close[0]!r}?" if close else "."
+    )

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 import PIL.Image
 import torch
 
-VideoInput = Union[str, os.PathLike, list, np.ndarray, torch.Tensor]
+
+VideoInput = str | os.PathLike | list | np.ndarray | torch.Tensor
 
 
 def load_frames(video: VideoInput) -> list[PIL.Image.Image]:
@@ -32,7 +32,9 @@ def load_frames(video: VideoInput) -> list[PIL.Image.Image]:
         if video.dtype != np.uint8:
             scale = 255.0 if video.max() <= 1.0 else 1.0
             video = np.clip(np.round(video * scale), 0, 255).astype(np.uint8)
-        return [PIL.Image.fromarray(frame.squeeze(-1) if frame.shape[-1] == 1 else frame).convert("RGB") for frame in video]
+        return [
+            PIL.Image.fromarray(frame.squeeze(-1) if frame.shape[-1] == 1 else frame).convert("RGB") for frame in video
+        ]
     if isinstance(video, (list, tuple)) and len(video) > 0:
         frames = []
         for frame in video:
@@ -41,7 +43,9 @@ def load_frames(video: VideoInput) -> list[PIL.Image.Image]:
             elif isinstance(frame, np.ndarray) and frame.ndim in (2, 3):
                 frames.extend(load_frames(frame[None] if frame.ndim == 3 else frame[None, ..., None]))
             else:
-                raise TypeError(f"A video given as a list holds PIL images or HxWx3 arrays, not {type(frame).__name__}.")
+                raise TypeError(
+                    f"A video given as a list holds PIL images or HxWx3 arrays, not {type(frame).__name__}."
+                )
         return frames
     raise TypeError(
         "A video is a file path, a list of PIL images, a (F, H, W, 3) numpy array or a (F, 3, H, W) tensor; "

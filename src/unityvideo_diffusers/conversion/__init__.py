@@ -8,6 +8,7 @@ from .convert import (
 from .keymap import KEY_TEMPLATES, diffusers_to_released_key, released_to_diffusers_key
 from .safetensors_stream import CheckpointError, SafetensorsReader, read_header, sha256_of, write_safetensors
 
+
 __all__ = [
     "KEY_TEMPLATES",
     "RELEASED_CHECKSUMS",

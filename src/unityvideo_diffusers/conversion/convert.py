@@ -26,6 +26,7 @@ from ..models import UnityVideoTransformer3DModel
 from .keymap import diffusers_to_released_key, modalities_in_released_keys, released_to_diffusers_key
 from .safetensors_stream import CheckpointError, SafetensorsReader, TensorInfo, sha256_of, write_safetensors
 
+
 logger = logging.getLogger(__name__)
 
 RELEASED_CHECKSUMS = {
@@ -41,7 +42,9 @@ def transformer_config(checkpoint_keys, overrides: dict | None = None) -> dict:
     signature = inspect.signature(UnityVideoTransformer3DModel.__init__).parameters.values()
     defaults = {p.name: p.default for p in signature if p.name != "self"}
     present = modalities_in_released_keys(checkpoint_keys)
-    modalities = [m for m in RELEASED_MODALITIES if m in present] + [m for m in present if m not in RELEASED_MODALITIES]
+    modalities = [m for m in RELEASED_MODALITIES if m in present] + [
+        m for m in present if m not in RELEASED_MODALITIES
+    ]
     config = {**defaults, "modalities": modalities}
     overrides = {key: value for key, value in (overrides or {}).items() if not key.startswith("_")}
     if "architecture" in overrides:
@@ -91,7 +94,9 @@ def _raise_if_any(unmapped: list[str], mismatched: list[str], missing: list[str]
             shown = "\n    ".join(items[:12]) + (f"\n    ... and {len(items) - 12} more" if len(items) > 12 else "")
             problems.append(f"  {len(items)} {title}:\n    {shown}")
     if problems:
-        hint = "" if not mismatched else "\n  (a model of another size needs --transformer-config with its config keys)"
+        hint = (
+            "" if not mismatched else "\n  (a model of another size needs --transformer-config with its config keys)"
+        )
         raise CheckpointError(
             "The checkpoint does not fit UnityVideoTransformer3DModel"
             f" (layers={config['num_layers']}, dim={config['num_attention_heads'] * config['attention_head_dim']}):\n"

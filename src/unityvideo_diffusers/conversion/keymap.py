@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 
+
 _PLACEHOLDERS = {"block": r"\d+", "param": r"weight|bias", "modality": r"[A-Za-z_]\w*"}
 
 _ATTENTION = {"q": "to_q", "k": "to_k", "v": "to_v", "o": "to_out.0", "norm_q": "norm_q", "norm_k": "norm_k"}

@@ -14,12 +14,13 @@ import json
 import math
 import os
 import struct
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
 import torch
 from tqdm.auto import tqdm
+
 
 _DTYPES = {
     "F64": torch.float64,
@@ -165,9 +166,12 @@ def write_safetensors(
 def sha256_of(path: str | os.PathLike, progress: bool = True) -> str:
     path = Path(path)
     digest = hashlib.sha256()
-    with open(path, "rb") as file, tqdm(
-        total=path.stat().st_size, unit="B", unit_scale=True, desc=f"sha256 {path.name}", disable=not progress
-    ) as bar:
+    with (
+        open(path, "rb") as file,
+        tqdm(
+            total=path.stat().st_size, unit="B", unit_scale=True, desc=f"sha256 {path.name}", disable=not progress
+        ) as bar,
+    ):
         while chunk := file.read(16 * 1024 * 1024):
             digest.update(chunk)
             bar.update(len(chunk))
@@ -185,12 +189,14 @@ class SafetensorsReader:
         for index, header in enumerate(self.headers):
             for name, info in header.tensors.items():
                 if name in self.tensors:
-                    raise CheckpointError(f"Tensor {name!r} appears in both {paths[self._owner[name]]} and {paths[index]}.")
+                    raise CheckpointError(
+                        f"Tensor {name!r} appears in both {paths[self._owner[name]]} and {paths[index]}."
+                    )
                 self.tensors[name] = info
                 self._owner[name] = index
         self._files: list | None = None
 
-    def __enter__(self) -> "SafetensorsReader":
+    def __enter__(self) -> SafetensorsReader:
         self._files = [open(header.path, "rb") for header in self.headers]
         return self
 

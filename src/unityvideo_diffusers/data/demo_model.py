@@ -42,16 +42,46 @@ from ..modalities import modality_prompt
 from ..video_io import load_frames
 from .shapesworld import MODALITY_COLUMNS, WorldConfig, write_split
 
+
 NEW_MODALITIES = {name: modality_prompt(name) for name in ("normal", "edge")}  # beyond the released five
-TRANSFORMER = dict(num_attention_heads=4, attention_head_dim=24, num_layers=4, ffn_dim=384, in_channels=16, out_channels=16,
-                   text_dim=64, freq_dim=64, modalities=["depth", "raft", "segmentation", *NEW_MODALITIES])  # fmt: skip
-VAE = dict(base_dim=16, z_dim=16, dim_mult=[1, 2, 2], num_res_blocks=1, temperal_downsample=[True, True], is_residual=True,
-           in_channels=12, out_channels=12, patch_size=2, scale_factor_spatial=8, scale_factor_temporal=4)  # fmt: skip
+TRANSFORMER = dict(
+    num_attention_heads=4,
+    attention_head_dim=24,
+    num_layers=4,
+    ffn_dim=384,
+    in_channels=16,
+    out_channels=16,
+    text_dim=64,
+    freq_dim=64,
+    modalities=["depth", "raft", "segmentation", *NEW_MODALITIES],
+)
+VAE = dict(
+    base_dim=16,
+    z_dim=16,
+    dim_mult=[1, 2, 2],
+    num_res_blocks=1,
+    temperal_downsample=[True, True],
+    is_residual=True,
+    in_channels=12,
+    out_channels=12,
+    patch_size=2,
+    scale_factor_spatial=8,
+    scale_factor_temporal=4,
+)
 # Starts near the middle and fast motion: the motion word then says where the object is in every frame, and a slide
 # crosses two of the transformer's 16-pixel tokens (at the default speeds about one, and a model trained there learned
 # to approach and recede but no slide, rise or fall: docs/demo_model.md).
-WORLD = dict(height=64, width=64, frames=17, min_size=0.3, max_size=0.45, large_from=0.375, x_range=(0.4, 0.6),
-             y_range=(0.4, 0.6), speed_range=(0.4, 0.6))
+WORLD = dict(
+    height=64,
+    width=64,
+    frames=17,
+    min_size=0.3,
+    max_size=0.45,
+    large_from=0.375,
+    x_range=(0.4, 0.6),
+    y_range=(0.4, 0.6),
+    speed_range=(0.4, 0.6),
+)
 TEXT_TOKENS = 32  # the world's longest prompt has 19; padding to Wan's 512 made half of a step cross-attention to pads
 NEIGHBOUR_OFFSETS = (0, -1, 1, 2)  # the text encoder's heads, each fixed on the token at this offset
 STREAMS = ("rgb", *MODALITY_COLUMNS)
@@ -61,9 +91,11 @@ SAMPLING = {"steps": 20, "guidance_scale": 3.0}  # the CLI's defaults for this m
 # estimation steps moved it 1.5 % (r16), while 20k steps of flow estimation alone from a trained model took it from
 # 1.73 to 0.71 px on moving pixels but erased every other skill. So half of the finishing steps estimate flow and
 # the other half keep the main mix, each of its task x modality pairs at half its main-phase rate.
-FINISH = dict(task_weights={"joint": 0.25, "perception": 0.625, "control": 0.125},
-              task_modality_weights={"perception": {"depth": 1, "raft": 16, "segmentation": 1, "normal": 1, "edge": 1}},
-              learning_rate=3e-4)  # fmt: skip
+FINISH = dict(
+    task_weights={"joint": 0.25, "perception": 0.625, "control": 0.125},
+    task_modality_weights={"perception": {"depth": 1, "raft": 16, "segmentation": 1, "normal": 1, "edge": 1}},
+    learning_rate=3e-4,
+)
 
 
 def fit_tokenizer(prompts: list[str]):
@@ -73,11 +105,17 @@ def fit_tokenizer(prompts: list[str]):
     tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=512, special_tokens=["<pad>", "</s>", "<unk>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
+    trainer = trainers.BpeTrainer(
+        vocab_size=512, special_tokens=["<pad>", "</s>", "<unk>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     tokenizer.train_from_iterator(prompts, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
-                                   model_max_length=TEXT_TOKENS)  # fmt: skip
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        pad_token="<pad>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        model_max_length=TEXT_TOKENS,
+    )
 
 
 def local_text_encoder(vocab_size: int, seed: int, offsets: tuple[int, ...] = NEIGHBOUR_OFFSETS):
@@ -90,14 +128,25 @@ def local_text_encoder(vocab_size: int, seed: int, offsets: tuple[int, ...] = NE
     from transformers import UMT5Config, UMT5EncoderModel
 
     torch.manual_seed(seed)
-    config = UMT5Config(vocab_size=vocab_size, d_model=TRANSFORMER["text_dim"], d_kv=16, d_ff=128, num_layers=2,
-                        num_heads=len(offsets), relative_attention_num_buckets=16, pad_token_id=0, eos_token_id=1)  # fmt: skip
+    config = UMT5Config(
+        vocab_size=vocab_size,
+        d_model=TRANSFORMER["text_dim"],
+        d_kv=16,
+        d_ff=128,
+        num_layers=2,
+        num_heads=len(offsets),
+        relative_attention_num_buckets=16,
+        pad_token_id=0,
+        eos_token_id=1,
+    )
     encoder = UMT5EncoderModel(config).eval()
     with torch.no_grad():
         for block in encoder.encoder.block:
             attention = block.layer[0].SelfAttention
             buckets = attention._relative_position_bucket(torch.tensor(offsets))
-            bias = torch.full_like(attention.relative_attention_bias.weight, -30.0)  # e^-30: no weight off the neighbour
+            bias = torch.full_like(
+                attention.relative_attention_bias.weight, -30.0
+            )  # e^-30: no weight off the neighbour
             bias[buckets, torch.arange(len(offsets))] = 0.0
             attention.relative_attention_bias.weight.copy_(bias)
     return encoder
@@ -114,7 +163,9 @@ def clip_tensors(csv_root: Path, frames: int) -> list[torch.Tensor]:
                 continue
             seen.add(row["video"])
             for column in ("video", *MODALITY_COLUMNS):  # STREAMS order
-                array = np.stack([np.asarray(f, dtype=np.float32) / 127.5 - 1 for f in load_frames(csv_root / row[column])])
+                array = np.stack(
+                    [np.asarray(f, dtype=np.float32) / 127.5 - 1 for f in load_frames(csv_root / row[column])]
+                )
                 videos.append(torch.from_numpy(array[:frames]).permute(3, 0, 1, 2))
     return videos
 
@@ -151,8 +202,16 @@ def object_weights(videos: list[torch.Tensor], weight: float) -> list[torch.Tens
     return weights
 
 
-def train_vae(videos: list[torch.Tensor], seconds: float, seed: int, crop: int = 32, batch_size: int = 4,
-              learning_rate: float = 1e-3, object_weight: float = 0.0, log=print):  # fmt: skip
+def train_vae(
+    videos: list[torch.Tensor],
+    seconds: float,
+    seed: int,
+    crop: int = 32,
+    batch_size: int = 4,
+    learning_rate: float = 1e-3,
+    object_weight: float = 0.0,
+    log=print,
+):
     """L1 + MSE reconstruction of the posterior mode (a tiny KL term keeps the log-variance bounded), on random
     `crop`-pixel windows of every stream, each pixel weighted 1 + `object_weight` on the objects (0, the bundled
     recipe: unweighted); the learning rate follows a cosine over the time budget.
@@ -211,7 +270,9 @@ def reconstruction_psnr(vae, videos: list[torch.Tensor]) -> dict[str, float]:
 @torch.no_grad()
 def latent_statistics(vae, videos: list[torch.Tensor]) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of the VAE's latents over the data, for the pipelines' normalisation."""
-    latents = torch.cat([vae.encode(v[None]).latent_dist.mode().flatten(2) for v in videos[:: max(1, len(videos) // 200)]], dim=2)
+    latents = torch.cat(
+        [vae.encode(v[None]).latent_dist.mode().flatten(2) for v in videos[:: max(1, len(videos) // 200)]], dim=2
+    )
     return latents.mean(dim=(0, 2)).tolist(), latents.std(dim=(0, 2)).clamp_min(1e-3).tolist()
 
 
@@ -224,12 +285,20 @@ def time_training_step(transformer, vae, batch_size: int, frames: int, size: int
     model.compile_repeated_blocks()
     config = model.config
     latent_size = size // vae.config.scale_factor_spatial
-    shape = (batch_size, config.in_channels, (frames - 1) // vae.config.scale_factor_temporal + 1, latent_size, latent_size)
+    shape = (
+        batch_size,
+        config.in_channels,
+        (frames - 1) // vae.config.scale_factor_temporal + 1,
+        latent_size,
+        latent_size,
+    )
     text = torch.randn(batch_size, TEXT_TOKENS, config.text_dim)
     times = []
     for _ in range(6):
         start = time.perf_counter()
-        out = model(torch.randn(shape), torch.rand(batch_size) * 1000, text, torch.randn(shape), text, modality="depth")
+        out = model(
+            torch.randn(shape), torch.rand(batch_size) * 1000, text, torch.randn(shape), text, modality="depth"
+        )
         (out.sample.square().mean() + out.modality_sample.square().mean()).backward()
         times.append(time.perf_counter() - start)
     return sorted(times[3:])[1] * 1.15  # + the optimizer step and data
@@ -240,25 +309,59 @@ def train_config(work: Path, save_path: Path, steps: int, **overrides):
     with the multi-task recipe (`overrides` change it, e.g. for the single-task comparison)."""
     from ..training import TrainConfig
 
-    values = dict(model_path=str(work / "initial"), dataset_path=str(work / "shapesworld" / "train" / "metadata.csv"),
-                  save_path=str(save_path), training_mode="full", max_steps=steps, num_frames=17, height=64, width=64,
-                  batch_size=4, learning_rate=5e-4, lr_warmup_steps=min(200, steps // 10), lr_min_ratio=0.1,
-                  gradient_checkpointing=False, checkpoint_every=max(100, steps // 10), ema_decay=0.999, ema_every=1,
-                  new_modalities=NEW_MODALITIES, log_every=25, compile_blocks=True, foreground_loss_weight=10.0)  # fmt: skip
+    values = dict(
+        model_path=str(work / "initial"),
+        dataset_path=str(work / "shapesworld" / "train" / "metadata.csv"),
+        save_path=str(save_path),
+        training_mode="full",
+        max_steps=steps,
+        num_frames=17,
+        height=64,
+        width=64,
+        batch_size=4,
+        learning_rate=5e-4,
+        lr_warmup_steps=min(200, steps // 10),
+        lr_min_ratio=0.1,
+        gradient_checkpointing=False,
+        checkpoint_every=max(100, steps // 10),
+        ema_decay=0.999,
+        ema_every=1,
+        new_modalities=NEW_MODALITIES,
+        log_every=25,
+        compile_blocks=True,
+        foreground_loss_weight=10.0,
+    )
     return TrainConfig(**{**values, **overrides})
 
 
 def finish_config(work: Path, main_run: Path, save_path: Path, steps: int, **overrides):
     """The finishing phase (FINISH): `main_run`'s EMA weights trained on, on its latent cache."""
-    return train_config(work, save_path, steps, model_path=str(main_run / "final_ema"),
-                        latent_cache=str(main_run / "latent_cache"), **{**FINISH, **overrides})  # fmt: skip
+    return train_config(
+        work,
+        save_path,
+        steps,
+        model_path=str(main_run / "final_ema"),
+        latent_cache=str(main_run / "latent_cache"),
+        **{**FINISH, **overrides},
+    )
 
 
-def build(output: str | Path, minutes: float = 85.0, vae_share: float = 0.3, train_clips: int = 400, eval_clips: int = 40,
-          seed: int = 0, work: str | Path | None = None, vae_object_weight: float = 10.0, captions: int = 1,
-          finish_share: float = 0.35, log=print) -> Path:  # fmt: skip
+def build(
+    output: str | Path,
+    minutes: float = 85.0,
+    vae_share: float = 0.3,
+    train_clips: int = 400,
+    eval_clips: int = 40,
+    seed: int = 0,
+    work: str | Path | None = None,
+    vae_object_weight: float = 10.0,
+    captions: int = 1,
+    finish_share: float = 0.35,
+    log=print,
+) -> Path:
     """Run the whole recipe; returns the demo pipeline folder."""
     from diffusers import UniPCMultistepScheduler
+
     from ..models import UnityVideoTransformer3DModel
     from ..pipelines import UnityVideoPipeline
     from ..training import train
@@ -281,8 +384,9 @@ def build(output: str | Path, minutes: float = 85.0, vae_share: float = 0.3, tra
     text_encoder = local_text_encoder(len(tokenizer), seed)
 
     videos = clip_tensors(csv_path.parent, world.frames)
-    vae, vae_steps = train_vae(videos, vae_share * budget - (time.perf_counter() - started), seed,
-                               object_weight=vae_object_weight, log=log)  # fmt: skip
+    vae, vae_steps = train_vae(
+        videos, vae_share * budget - (time.perf_counter() - started), seed, object_weight=vae_object_weight, log=log
+    )
     mean, std = latent_statistics(vae, videos)
     vae.register_to_config(latents_mean=mean, latents_std=std)
     vae_psnr = reconstruction_psnr(vae, clip_tensors(work / "shapesworld" / "eval", world.frames)[: 8 * len(STREAMS)])
@@ -291,8 +395,9 @@ def build(output: str | Path, minutes: float = 85.0, vae_share: float = 0.3, tra
     initial = work / "initial"
     transformer = UnityVideoTransformer3DModel(**TRANSFORMER)
     scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=5.0)
-    UnityVideoPipeline(tokenizer=tokenizer, text_encoder=text_encoder, transformer=transformer, vae=vae,
-                       scheduler=scheduler).save_pretrained(initial)  # fmt: skip
+    UnityVideoPipeline(
+        tokenizer=tokenizer, text_encoder=text_encoder, transformer=transformer, vae=vae, scheduler=scheduler
+    ).save_pretrained(initial)
 
     seconds_per_step = time_training_step(transformer, vae, batch_size=4, frames=world.frames, size=world.height)
     # the trainer encodes the data once (loading, cropping, every stream in one VAE call, text): time one clip's worth
@@ -301,19 +406,25 @@ def build(output: str | Path, minutes: float = 85.0, vae_share: float = 0.3, tra
         vae.encode(torch.stack(videos[: len(STREAMS)]))
         for stream in STREAMS:
             load_frames(csv_path.parent / "00000" / stream)
-    encode_seconds = 1.5 * (time.perf_counter() - start) * len(videos) / len(STREAMS)  # a clip's other captions: text only
+    encode_seconds = (
+        1.5 * (time.perf_counter() - start) * len(videos) / len(STREAMS)
+    )  # a clip's other captions: text only
     reserve = encode_seconds + 0.02 * budget + 60  # encoding the data once, checkpoints and export
     steps = max(10, int((budget - (time.perf_counter() - started) - reserve) / seconds_per_step))
     finish_steps = int(finish_share * steps)
-    log(f"transformer: about {seconds_per_step:.3f} s/step; training {steps} steps, the last {finish_steps} of them the "
-        "finishing phase")
+    log(
+        f"transformer: about {seconds_per_step:.3f} s/step; training {steps} steps, the last {finish_steps} of them the "
+        "finishing phase"
+    )
 
     run, finish = work / "run", work / "finish"
 
     def minutes_left(reserve_seconds: float) -> float:  # the clock stops a loop if this machine is slower than timed
         return max(0.05, (budget - (time.perf_counter() - started) - reserve_seconds) / 60)
 
-    train(train_config(work, run, steps - finish_steps, max_minutes=minutes_left(60 + finish_steps * seconds_per_step)))
+    train(
+        train_config(work, run, steps - finish_steps, max_minutes=minutes_left(60 + finish_steps * seconds_per_step))
+    )
     trained_steps = int(latest_checkpoint(run).name.removeprefix("checkpoint-"))
     exported, finished_steps = run / "final_ema", 0
     if finish_steps:
@@ -326,12 +437,26 @@ def build(output: str | Path, minutes: float = 85.0, vae_share: float = 0.3, tra
     if output.exists():
         shutil.rmtree(output)
     pipe.save_pretrained(output)
-    (output / "recipe.json").write_text(json.dumps({
-        "minutes": minutes, "vae_steps": vae_steps, "vae_object_weight": vae_object_weight, "vae_psnr_db": vae_psnr, "transformer_steps": trained_steps, "finish_steps": finished_steps, "seed": seed, "train_clips": train_clips, "captions": captions,
-        "seconds": round(time.perf_counter() - started), "world": {k: WORLD[k] for k in ("height", "width", "frames")},
-        "sampling": SAMPLING,
-        "exported_from": str(exported.relative_to(work)),
-    }, indent=2))  # fmt: skip
+    (output / "recipe.json").write_text(
+        json.dumps(
+            {
+                "minutes": minutes,
+                "vae_steps": vae_steps,
+                "vae_object_weight": vae_object_weight,
+                "vae_psnr_db": vae_psnr,
+                "transformer_steps": trained_steps,
+                "finish_steps": finished_steps,
+                "seed": seed,
+                "train_clips": train_clips,
+                "captions": captions,
+                "seconds": round(time.perf_counter() - started),
+                "world": {k: WORLD[k] for k in ("height", "width", "frames")},
+                "sampling": SAMPLING,
+                "exported_from": str(exported.relative_to(work)),
+            },
+            indent=2,
+        )
+    )
     size = sum(p.stat().st_size for p in output.rglob("*") if p.is_file())
     log(f"demo model: {output} ({size / 2**20:.1f} MiB, {(time.perf_counter() - started) / 60:.1f} min)")
     return output
@@ -340,15 +465,27 @@ def build(output: str | Path, minutes: float = 85.0, vae_share: float = 0.3, tra
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", required=True)
-    parser.add_argument("--minutes", type=float, default=85.0, help="the whole budget (the bundled model: 85, on a 2-core CPU)")
+    parser.add_argument(
+        "--minutes", type=float, default=85.0, help="the whole budget (the bundled model: 85, on a 2-core CPU)"
+    )
     parser.add_argument("--vae-share", type=float, default=0.3)
-    parser.add_argument("--finish-share", type=float, default=0.35,
-                        help="share of the transformer's steps in the finishing phase (FINISH; 0: none)")
+    parser.add_argument(
+        "--finish-share",
+        type=float,
+        default=0.35,
+        help="share of the transformer's steps in the finishing phase (FINISH; 0: none)",
+    )
     parser.add_argument("--train-clips", type=int, default=400)
-    parser.add_argument("--captions", type=int, default=1, help="rows per training clip: its caption, then partial ones (shapesworld)")
+    parser.add_argument(
+        "--captions", type=int, default=1, help="rows per training clip: its caption, then partial ones (shapesworld)"
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--vae-object-weight", type=float, default=10.0,
-                        help="extra loss weight of the VAE on and next to the objects (0: unweighted)")
+    parser.add_argument(
+        "--vae-object-weight",
+        type=float,
+        default=10.0,
+        help="extra loss weight of the VAE on and next to the objects (0: unweighted)",
+    )
     args = parser.parse_args(argv)
     if not 0 < args.vae_share < 1 or args.minutes <= 0 or not math.isfinite(args.minutes):
         parser.error("--minutes must be positive and --vae-share in (0, 1).")
@@ -358,8 +495,16 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--captions must be >= 1, got {args.captions}.")
     if not 0 <= args.vae_object_weight < math.inf:
         parser.error(f"--vae-object-weight must be a finite number >= 0, got {args.vae_object_weight}.")
-    build(args.output, args.minutes, args.vae_share, args.train_clips, seed=args.seed, vae_object_weight=args.vae_object_weight,
-          captions=args.captions, finish_share=args.finish_share)
+    build(
+        args.output,
+        args.minutes,
+        args.vae_share,
+        args.train_clips,
+        seed=args.seed,
+        vae_object_weight=args.vae_object_weight,
+        captions=args.captions,
+        finish_share=args.finish_share,
+    )
 
 
 if __name__ == "__main__":

@@ -62,7 +62,9 @@ def flow_epe(flow: np.ndarray, truth: np.ndarray, moving_only: bool = False) -> 
     """End-point error in pixels after one least-squares scale per frame: the visualisation normalises each frame's
     flow, so it carries direction and relative size, not pixels. `moving_only` averages over the pixels that truly
     move (more than 0.25 px), where the static background cannot outweigh the objects."""
-    scale = (flow * truth).sum((1, 2, 3), keepdims=True) / np.maximum((flow * flow).sum((1, 2, 3), keepdims=True), 1e-12)
+    scale = (flow * truth).sum((1, 2, 3), keepdims=True) / np.maximum(
+        (flow * flow).sum((1, 2, 3), keepdims=True), 1e-12
+    )
     error = np.sqrt(np.square(scale * flow - truth).sum(-1))
     if moving_only:
         moving = np.linalg.norm(truth, axis=-1) > 0.25
@@ -125,7 +127,11 @@ def largest_region(mask: np.ndarray) -> np.ndarray:
     labels = np.where(mask, np.arange(1, mask.size + 1).reshape(mask.shape), 0)
     while True:  # every pixel takes the largest label among itself and its neighbours, until nothing changes
         padded = np.pad(labels, 1)
-        spread = np.where(mask, np.maximum.reduce([labels, padded[:-2, 1:-1], padded[2:, 1:-1], padded[1:-1, :-2], padded[1:-1, 2:]]), 0)
+        spread = np.where(
+            mask,
+            np.maximum.reduce([labels, padded[:-2, 1:-1], padded[2:, 1:-1], padded[1:-1, :-2], padded[1:-1, 2:]]),
+            0,
+        )
         if np.array_equal(spread, labels):
             break
         labels = spread
@@ -195,8 +201,14 @@ def read_object(frames: np.ndarray, background: str, shape_reader: ShapeReader =
     areas = [frame_mask.sum() for frame_mask in seen]
     dx, dy = centres[-1] - centres[0]
     growth = math.log(areas[-1] / areas[0])
-    candidates = {"slides left": -dx, "slides right": dx, "rises": -dy, "falls": dy, "approaches": 8 * growth,
-                  "recedes": -8 * growth}  # fmt: skip
+    candidates = {
+        "slides left": -dx,
+        "slides right": dx,
+        "rises": -dy,
+        "falls": dy,
+        "approaches": 8 * growth,
+        "recedes": -8 * growth,
+    }
     # A bounce goes up and comes back: its height range is at least twice every other motion's measure (each is in
     # `candidates` with both signs). Not "ends where it began": a 4x temporal VAE rounds off the last landing, leaving
     # 2-6 px of net rise.
@@ -231,7 +243,13 @@ class Scores(dict):
         means = {}
         for name, groups in sorted(self.items()):
             means[name] = float(np.mean([np.mean(values) for values in groups.values()]))
-            means.update({f"{name}/{group}": float(np.mean(values)) for group, values in sorted(groups.items()) if group is not None})
+            means.update(
+                {
+                    f"{name}/{group}": float(np.mean(values))
+                    for group, values in sorted(groups.items())
+                    if group is not None
+                }
+            )
         return means
 
 
@@ -247,26 +265,37 @@ def score_perception(scores: Scores, truth, estimated: dict[str, np.ndarray]) ->
     flow = decode_flow(estimated["raft"])
     scores.add("perception/flow_epe", flow_epe(flow, truth["flow"]))
     scores.add("perception/flow_epe_moving", flow_epe(flow, truth["flow"], moving_only=True))
-    scores.add("perception/segmentation_iou", foreground_iou(decode_segmentation(estimated["segmentation"]) > 0, truth["labels"] > 0))
+    scores.add(
+        "perception/segmentation_iou",
+        foreground_iou(decode_segmentation(estimated["segmentation"]) > 0, truth["labels"] > 0),
+    )
     scores.add("perception/normal_degrees", normal_error_degrees(estimated["normal"], truth["normal"]))
 
 
 def score_control(scores: Scores, scene: dict, truth, controlled: dict[str, np.ndarray]) -> None:
     """`controlled`: the RGB video made from each of CONTROLS' modality videos of the clip."""
     for modality, frames in controlled.items():
-        scores.add(f"control/{modality}_iou", foreground_iou(object_mask(frames, scene["background"]), truth["labels"] > 0))
+        scores.add(
+            f"control/{modality}_iou", foreground_iou(object_mask(frames, scene["background"]), truth["labels"] > 0)
+        )
     if len(colours := _distinct_colours(scene)) > 1:
         scores.add("control/depth_layering_accuracy", layering_accuracy(controlled["depth"], truth["labels"], colours))
 
 
-def score_text2video(scores: Scores, scene: dict, frames: np.ndarray, segmentation: np.ndarray,
-                     shape_reader: ShapeReader) -> None:  # fmt: skip
+def score_text2video(
+    scores: Scores, scene: dict, frames: np.ndarray, segmentation: np.ndarray, shape_reader: ShapeReader
+) -> None:
     """A one-object clip's prompt against the RGB video made from it, and that video against its segmentation."""
     read = read_object(frames, scene["background"], shape_reader)
     target = scene["objects"][0]
     for attribute in ("colour", "shape", "motion"):
-        scores.add(f"text2video/{attribute}_accuracy", float(read[attribute] == target[attribute]), group=target[attribute])
-    scores.add("joint/rgb_segmentation_kappa", mask_agreement(object_mask(frames, scene["background"]), decode_segmentation(segmentation) > 0))
+        scores.add(
+            f"text2video/{attribute}_accuracy", float(read[attribute] == target[attribute]), group=target[attribute]
+        )
+    scores.add(
+        "joint/rgb_segmentation_kappa",
+        mask_agreement(object_mask(frames, scene["background"]), decode_segmentation(segmentation) > 0),
+    )
 
 
 WORDS = {"colour": list(COLOURS), "shape": list(SHAPES), "motion": list(MOTIONS)}
@@ -290,25 +319,46 @@ def score_word_reading(scores: Scores, pipe, scene: dict, clip: Path, generator:
     length = pipe.text_length()
     modality_text = pipe.encode_modality_prompt(["segmentation"], length, pipe.device, torch.float32)
     prompts = {"true": scene_prompt(scene), **{a: scene_prompt(swapped_scene(scene, a, generator)) for a in WORDS}}
-    texts = {name: pipe.encode_prompt(prompt, do_classifier_free_guidance=False, max_sequence_length=length,
-                                      device=pipe.device)[0] for name, prompt in prompts.items()}  # fmt: skip
+    texts = {
+        name: pipe.encode_prompt(
+            prompt, do_classifier_free_guidance=False, max_sequence_length=length, device=pipe.device
+        )[0]
+        for name, prompt in prompts.items()
+    }
     errors = {name: 0.0 for name in prompts}
     for t in WORD_READING_TIMES:
         noise = torch.randn(rgb.shape, generator=generator).to(rgb.device)  # drawn on the CPU: the same on any device
         modality_noise = torch.randn(segmentation.shape, generator=generator).to(rgb.device)
         noisy, noisy_modality = (1 - t) * rgb + t * noise, (1 - t) * segmentation + t * modality_noise
         for name, text in texts.items():
-            velocity = pipe.transformer(noisy, torch.tensor([t * 1000.0], device=rgb.device), text, noisy_modality, modality_text,
-                                        modality="segmentation", task="joint", return_dict=False)[0]  # fmt: skip
+            velocity = pipe.transformer(
+                noisy,
+                torch.tensor([t * 1000.0], device=rgb.device),
+                text,
+                noisy_modality,
+                modality_text,
+                modality="segmentation",
+                task="joint",
+                return_dict=False,
+            )[0]
             errors[name] += float((velocity - (noise - rgb)).square().mean())
     for attribute in WORDS:
         scores.add(f"text2video/{attribute}_word_reading", errors[attribute] / errors["true"] - 1)
 
 
 @torch.no_grad()
-def evaluate(model: str | Path, data: str | Path, steps: int = 20, scheduler: str = "default", limit: int | None = None,
-             seed: int = 0, jobs: tuple[str, ...] = JOBS, guidance_scale: float = 3.0,
-             shape_reader: ShapeReader | None = None, device: str = "cpu") -> dict:  # fmt: skip
+def evaluate(
+    model: str | Path,
+    data: str | Path,
+    steps: int = 20,
+    scheduler: str = "default",
+    limit: int | None = None,
+    seed: int = 0,
+    jobs: tuple[str, ...] = JOBS,
+    guidance_scale: float = 3.0,
+    shape_reader: ShapeReader | None = None,
+    device: str = "cpu",
+) -> dict:
     """Every metric of the module docstring for one model, sampler and step count (of `jobs` only; text2video
     includes the joint RGB-modality agreement). `guidance_scale` applies to the text-conditioned jobs (control and
     text2video); estimation runs without guidance. `shape_reader` reads the generated objects' shapes; None:
@@ -318,6 +368,7 @@ def evaluate(model: str | Path, data: str | Path, steps: int = 20, scheduler: st
         raise ValueError(f"Unknown jobs {sorted(unknown)}; choose from {JOBS}.")
     from ..jobs import make_scheduler
     from ..pipelines import UnityVideoControlPipeline, UnityVideoPerceptionPipeline, UnityVideoPipeline
+
     pipe = UnityVideoPipeline.from_pretrained(model).to(device)
     pipe.scheduler = make_scheduler(scheduler, pipe)
     pipe.set_progress_bar_config(disable=True)
@@ -334,17 +385,44 @@ def evaluate(model: str | Path, data: str | Path, steps: int = 20, scheduler: st
         rgb = load_frames(clip / "rgb")
         generator = lambda: torch.Generator().manual_seed(seed)  # noqa: E731
         if "perception" in jobs:
-            score_perception(scores, truth, {modality: _array(perception(video=rgb, modality=modality, generator=generator(),
-                                                                       **common).modality_frames[0])
-                                          for modality in PERCEIVED})  # fmt: skip
+            score_perception(
+                scores,
+                truth,
+                {
+                    modality: _array(
+                        perception(video=rgb, modality=modality, generator=generator(), **common).modality_frames[0]
+                    )
+                    for modality in PERCEIVED
+                },
+            )
         if "control" in jobs:
-            score_control(scores, scene, truth, {
-                modality: _array(control(scene_prompt(scene), control_video=load_frames(clip / modality), modality=modality,
-                                         generator=generator(), guidance_scale=guidance_scale, **common).frames[0])
-                for modality in CONTROLS})  # fmt: skip
+            score_control(
+                scores,
+                scene,
+                truth,
+                {
+                    modality: _array(
+                        control(
+                            scene_prompt(scene),
+                            control_video=load_frames(clip / modality),
+                            modality=modality,
+                            generator=generator(),
+                            guidance_scale=guidance_scale,
+                            **common,
+                        ).frames[0]
+                    )
+                    for modality in CONTROLS
+                },
+            )
         if "text2video" in jobs and len(scene["objects"]) == 1:
-            joint = pipe(scene_prompt(scene), modality="segmentation", num_frames=17, generator=generator(),
-                         guidance_scale=guidance_scale, **common)  # fmt: skip
+            joint = pipe(
+                scene_prompt(scene),
+                modality="segmentation",
+                num_frames=17,
+                generator=generator(),
+                guidance_scale=guidance_scale,
+                **common,
+            )
             score_text2video(scores, scene, _array(joint.frames[0]), _array(joint.modality_frames[0]), shape_reader)
             score_word_reading(scores, pipe, scene, clip, torch.Generator().manual_seed(seed))
     return scores.means()
@@ -378,13 +456,21 @@ def calibrate_shape_reader(vae, world: WorldConfig, per_shape: int = 30, seed: i
         seen = frames_showing(object_masks(reconstruct(vae, frames), scene.background))
         if len(seen) >= 2:
             examples[scene.objects[0].shape].append(median_shape_features(seen))
-    raise ValueError(f"Cannot calibrate the shape reader: after {index + 1} scenes of this world, the VAE's "
-                     f"reconstructions show {dict(zip(examples, map(len, examples.values())))} objects of each shape, "
-                     f"{per_shape} needed. Is every shape in the training split, and does the VAE reconstruct objects?")  # fmt: skip
+    raise ValueError(
+        f"Cannot calibrate the shape reader: after {index + 1} scenes of this world, the VAE's "
+        f"reconstructions show {dict(zip(examples, map(len, examples.values())))} objects of each shape, "
+        f"{per_shape} needed. Is every shape in the training split, and does the VAE reconstruct objects?"
+    )
 
 
-def vae_ceiling(model: str | Path, data: str | Path, limit: int | None = None, jobs: tuple[str, ...] = JOBS,
-                shape_reader: ShapeReader | None = None, device: str = "cpu") -> dict:  # fmt: skip
+def vae_ceiling(
+    model: str | Path,
+    data: str | Path,
+    limit: int | None = None,
+    jobs: tuple[str, ...] = JOBS,
+    shape_reader: ShapeReader | None = None,
+    device: str = "cpu",
+) -> dict:
     """The metrics of `evaluate` (of `jobs` only) scored on the model's VAE reconstructions of the true clips in place
     of generated ones: what a perfect transformer would score through this VAE, i.e. which metrics the VAE, not the
     transformer, caps. (For control, the reconstructed RGB video stands for the one made from the control.)
@@ -421,7 +507,9 @@ def _distinct_colours(scene: dict) -> list[str]:
 def scene_prompt(scene: dict) -> str:
     from .shapesworld import Scene, SceneObject
 
-    return Scene(**{**scene, "objects": [SceneObject(**o) for o in scene["objects"]]}).prompt()  # scene.json is asdict(Scene)
+    return Scene(
+        **{**scene, "objects": [SceneObject(**o) for o in scene["objects"]]}
+    ).prompt()  # scene.json is asdict(Scene)
 
 
 def trivial_baselines(data: str | Path, limit: int | None = None) -> dict:
@@ -438,7 +526,9 @@ def trivial_baselines(data: str | Path, limit: int | None = None) -> dict:
         still = np.zeros_like(truth["flow"])
         scores.add("perception/flow_epe", flow_epe(still, truth["flow"]))
         scores.add("perception/flow_epe_moving", flow_epe(still, truth["flow"], moving_only=True))
-        scores.add("perception/segmentation_iou", foreground_iou(np.zeros_like(truth["labels"], bool), truth["labels"] > 0))
+        scores.add(
+            "perception/segmentation_iou", foreground_iou(np.zeros_like(truth["labels"], bool), truth["labels"] > 0)
+        )
         facing = np.broadcast_to(np.array([0.5, 0.5, 1.0]), truth["normal"].shape)
         scores.add("perception/normal_degrees", normal_error_degrees(facing, truth["normal"]))
         scene = json.loads((clip / "scene.json").read_text())
@@ -468,13 +558,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--schedulers", nargs="+", default=["default"])
     parser.add_argument("--limit", type=int, help="evaluate only the first N clips")
     parser.add_argument("--guidance-scale", type=float, default=3.0, help="for control and text -> video")
-    parser.add_argument("--vae-ceiling", action="store_true",
-                        help="also score the model's VAE reconstructions of the true clips: what its VAE lets any transformer reach")
-    parser.add_argument("--jobs", nargs="+", choices=JOBS, default=list(JOBS),
-                        help="score only these (text2video includes the joint RGB-modality agreement)")
-    parser.add_argument("--shape-reader", choices=("calibrated", "exact"), default="calibrated",
-                        help="read shapes as --model's VAE draws them (fitted on fresh scenes of the world), or as drawn exactly")  # fmt: skip
-    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, ...; the scores do not depend on it beyond rounding")
+    parser.add_argument(
+        "--vae-ceiling",
+        action="store_true",
+        help="also score the model's VAE reconstructions of the true clips: what its VAE lets any transformer reach",
+    )
+    parser.add_argument(
+        "--jobs",
+        nargs="+",
+        choices=JOBS,
+        default=list(JOBS),
+        help="score only these (text2video includes the joint RGB-modality agreement)",
+    )
+    parser.add_argument(
+        "--shape-reader",
+        choices=("calibrated", "exact"),
+        default="calibrated",
+        help="read shapes as --model's VAE draws them (fitted on fresh scenes of the world), or as drawn exactly",
+    )
+    parser.add_argument(
+        "--device", default="cpu", help="cpu (default), cuda, ...; the scores do not depend on it beyond rounding"
+    )
     parser.add_argument("--output", default="quality.json")
     args = parser.parse_args(argv)
     jobs = tuple(args.jobs)
@@ -484,20 +588,40 @@ def main(argv: list[str] | None = None) -> None:
 
         vae = AutoencoderKLWan.from_pretrained(args.model, subfolder="vae").eval().to(args.device)
         reader = calibrate_shape_reader(vae, read_world(args.data))
-        print("shape reader, centres (fill ratio, share above the middle):",
-              {shape: tuple(round(value, 3) for value in centre) for shape, centre in reader.centres.items()})  # fmt: skip
+        print(
+            "shape reader, centres (fill ratio, share above the middle):",
+            {shape: tuple(round(value, 3) for value in centre) for shape, centre in reader.centres.items()},
+        )
     results = {"trivial": of_jobs(trivial_baselines(args.data, args.limit), jobs)}
     for scheduler in args.schedulers:
         for steps in args.steps:
-            results[f"model/{scheduler}/{steps}"] = evaluate(args.model, args.data, steps, scheduler, args.limit, jobs=jobs,
-                                                             guidance_scale=args.guidance_scale, shape_reader=reader,
-                                                             device=args.device)  # fmt: skip
+            results[f"model/{scheduler}/{steps}"] = evaluate(
+                args.model,
+                args.data,
+                steps,
+                scheduler,
+                args.limit,
+                jobs=jobs,
+                guidance_scale=args.guidance_scale,
+                shape_reader=reader,
+                device=args.device,
+            )
     if args.baseline_model:
-        results["untrained"] = evaluate(args.baseline_model, args.data, args.steps[0], args.schedulers[0], args.limit,
-                                       jobs=jobs, guidance_scale=args.guidance_scale, shape_reader=reader,
-                                       device=args.device)  # fmt: skip
+        results["untrained"] = evaluate(
+            args.baseline_model,
+            args.data,
+            args.steps[0],
+            args.schedulers[0],
+            args.limit,
+            jobs=jobs,
+            guidance_scale=args.guidance_scale,
+            shape_reader=reader,
+            device=args.device,
+        )
     if args.vae_ceiling:
-        results["vae_ceiling"] = vae_ceiling(args.model, args.data, args.limit, jobs, shape_reader=reader, device=args.device)
+        results["vae_ceiling"] = vae_ceiling(
+            args.model, args.data, args.limit, jobs, shape_reader=reader, device=args.device
+        )
     Path(args.output).write_text(json.dumps(results, indent=2))
     names = sorted({name for scores in results.values() for name in scores})
     print(f"{'metric':<32}" + "".join(f"{column:>22}" for column in results))

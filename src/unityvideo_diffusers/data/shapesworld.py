@@ -29,13 +29,24 @@ import PIL.Image
 
 from ..modalities import encode_depth, encode_flow, encode_segmentation
 
+
 COLOURS = {
-    "red": (0.86, 0.16, 0.16), "green": (0.18, 0.72, 0.27), "blue": (0.18, 0.35, 0.88), "yellow": (0.95, 0.85, 0.18),
-    "purple": (0.58, 0.25, 0.75), "orange": (0.97, 0.55, 0.12), "white": (0.93, 0.93, 0.93),
-}  # fmt: skip
+    "red": (0.86, 0.16, 0.16),
+    "green": (0.18, 0.72, 0.27),
+    "blue": (0.18, 0.35, 0.88),
+    "yellow": (0.95, 0.85, 0.18),
+    "purple": (0.58, 0.25, 0.75),
+    "orange": (0.97, 0.55, 0.12),
+    "white": (0.93, 0.93, 0.93),
+}
 SHAPES = ("ball", "cube", "triangle")
 MOTIONS = ("slides left", "slides right", "rises", "falls", "bounces", "approaches", "recedes")
-BACKGROUNDS = {"grey": (0.55, 0.55, 0.58), "beige": (0.78, 0.72, 0.6), "teal": (0.35, 0.55, 0.58), "dark": (0.22, 0.22, 0.26)}
+BACKGROUNDS = {
+    "grey": (0.55, 0.55, 0.58),
+    "beige": (0.78, 0.72, 0.6),
+    "teal": (0.35, 0.55, 0.58),
+    "dark": (0.22, 0.22, 0.26),
+}
 MODALITY_COLUMNS = ("depth", "raft", "segmentation", "normal", "edge")
 LARGE_FROM = 0.27  # default size (radius at depth 1) from which prompts say "large" rather than "small"
 LIGHT = np.array([-0.4, -0.5, -0.77]) / np.linalg.norm([-0.4, -0.5, -0.77])  # towards a light up-left, in front
@@ -53,8 +64,16 @@ class WorldConfig:
     large_from: float = LARGE_FROM  # prompts call objects of this size and up "large", smaller ones "small"
     x_range: tuple[float, float] = (0.25, 0.75)  # where an object's centre starts, as fractions of the width
     y_range: tuple[float, float] = (0.3, 0.7)  # ... and of the height
-    speed_range: tuple[float, float] = (0.2, 0.4)  # how far an object slides, rises or falls in a clip, fraction of the frame
-    held_out: tuple[tuple[str, str], ...] = (("red", "cube"), ("green", "triangle"), ("blue", "ball"), ("yellow", "cube"))
+    speed_range: tuple[float, float] = (
+        0.2,
+        0.4,
+    )  # how far an object slides, rises or falls in a clip, fraction of the frame
+    held_out: tuple[tuple[str, str], ...] = (
+        ("red", "cube"),
+        ("green", "triangle"),
+        ("blue", "ball"),
+        ("yellow", "cube"),
+    )
 
     def validate(self) -> None:
         problems = []
@@ -65,7 +84,9 @@ class WorldConfig:
         if not 1 <= self.min_objects <= self.max_objects <= 4:
             problems.append(f"need 1 <= min_objects <= max_objects <= 4, got {self.min_objects}, {self.max_objects}")
         if not 0.05 <= self.min_size <= self.max_size <= 0.6:
-            problems.append(f"need 0.05 <= min_size <= max_size <= 0.6 of the height, got {self.min_size}, {self.max_size}")
+            problems.append(
+                f"need 0.05 <= min_size <= max_size <= 0.6 of the height, got {self.min_size}, {self.max_size}"
+            )
         if not self.min_size < self.large_from <= self.max_size:
             problems.append(f"need min_size < large_from <= max_size (both words must occur), got {self.large_from}")
         for name in ("x_range", "y_range", "speed_range"):
@@ -110,7 +131,10 @@ class Scene:
                 kept = rng.random(len(words)) < 0.5
                 if not kept[1] and not kept[2]:
                     kept[1 + int(rng.integers(2))] = True
-                words = [word if keep else "object" if index == 2 else None for index, (word, keep) in enumerate(zip(words, kept))]
+                words = [
+                    word if keep else "object" if index == 2 else None
+                    for index, (word, keep) in enumerate(zip(words, kept))
+                ]
             description = " ".join(word for word in words if word)
             parts.append(f"{'an' if description[0] in 'aeiou' else 'a'} {description}")
         wall = rng is None or rng.random() < 0.5
@@ -127,13 +151,23 @@ def sample_scene(rng: np.random.Generator, config: WorldConfig, split: str) -> S
         pairs[0] = held[int(rng.integers(len(held)))]
     objects = []
     for colour, shape in pairs:
-        objects.append(SceneObject(
-            shape=shape, colour=colour, size=float(rng.uniform(config.min_size, config.max_size)),
-            x=float(rng.uniform(*config.x_range)), y=float(rng.uniform(*config.y_range)), depth=float(rng.uniform(1.5, 3.0)),
-            motion=MOTIONS[int(rng.integers(len(MOTIONS)))], speed=float(rng.uniform(*config.speed_range)),
-        ))  # fmt: skip
-    return Scene(background=list(BACKGROUNDS)[int(rng.integers(len(BACKGROUNDS)))], objects=objects,
-                 large_from=config.large_from)
+        objects.append(
+            SceneObject(
+                shape=shape,
+                colour=colour,
+                size=float(rng.uniform(config.min_size, config.max_size)),
+                x=float(rng.uniform(*config.x_range)),
+                y=float(rng.uniform(*config.y_range)),
+                depth=float(rng.uniform(1.5, 3.0)),
+                motion=MOTIONS[int(rng.integers(len(MOTIONS)))],
+                speed=float(rng.uniform(*config.speed_range)),
+            )
+        )
+    return Scene(
+        background=list(BACKGROUNDS)[int(rng.integers(len(BACKGROUNDS)))],
+        objects=objects,
+        large_from=config.large_from,
+    )
 
 
 def _position(obj: SceneObject, time: float) -> tuple[float, float, float]:
@@ -188,10 +222,12 @@ def render(scene: Scene, config: WorldConfig) -> dict[str, np.ndarray]:
     ys, xs = np.meshgrid((np.arange(height) + 0.5), (np.arange(width) + 0.5), indexing="ij")
     background = _background(config, BACKGROUNDS[scene.background])
     out = {
-        "rgb": np.empty((frames, height, width, 3)), "depth": np.empty((frames, height, width)),
-        "flow": np.zeros((frames, height, width, 2)), "labels": np.zeros((frames, height, width), dtype=np.int64),
+        "rgb": np.empty((frames, height, width, 3)),
+        "depth": np.empty((frames, height, width)),
+        "flow": np.zeros((frames, height, width, 2)),
+        "labels": np.zeros((frames, height, width), dtype=np.int64),
         "normal": np.empty((frames, height, width, 3)),
-    }  # fmt: skip
+    }
     for frame in range(frames):
         time, next_time = frame / (frames - 1), (frame + 1) / (frames - 1)
         rgb, depth, normal = (background[k].copy() for k in ("rgb", "depth", "normal"))
@@ -257,7 +293,9 @@ def _write_frames(video: np.ndarray, folder: Path) -> None:
         PIL.Image.fromarray(frame).save(folder / f"{index:05d}.png", optimize=False)
 
 
-def _write_clip(root: Path, split: str, index: int, seed: int, config: WorldConfig, captions: int) -> list[dict[str, str]]:
+def _write_clip(
+    root: Path, split: str, index: int, seed: int, config: WorldConfig, captions: int
+) -> list[dict[str, str]]:
     """Render clip `index` of `split` into root/NNNNN and return its metadata rows: the full caption, then
     `captions` - 1 partial ones (`Scene.prompt`)."""
     rng = np.random.default_rng([seed, 0 if split == "train" else 1, index])
@@ -267,15 +305,27 @@ def _write_clip(root: Path, split: str, index: int, seed: int, config: WorldConf
     _write_frames(truth["rgb"], root / clip / "rgb")
     for name, video in visualise(truth).items():
         _write_frames(video, root / clip / name)
-    np.savez_compressed(root / clip / "gt.npz", depth=truth["depth"].astype(np.float32), flow=truth["flow"].astype(np.float32),
-                        labels=truth["labels"].astype(np.uint8), normal=truth["normal"].astype(np.float32))  # fmt: skip
+    np.savez_compressed(
+        root / clip / "gt.npz",
+        depth=truth["depth"].astype(np.float32),
+        flow=truth["flow"].astype(np.float32),
+        labels=truth["labels"].astype(np.uint8),
+        normal=truth["normal"].astype(np.float32),
+    )
     (root / clip / "scene.json").write_text(json.dumps(asdict(scene), indent=1))
     paths = {"video": f"{clip}/rgb", **{m: f"{clip}/{m}" for m in MODALITY_COLUMNS}}
     return [{**paths, "prompt": scene.prompt(rng if caption else None)} for caption in range(captions)]
 
 
-def write_split(output: str | os.PathLike, split: str, count: int, seed: int, config: WorldConfig,
-                processes: int = 1, captions: int = 1) -> Path:  # fmt: skip
+def write_split(
+    output: str | os.PathLike,
+    split: str,
+    count: int,
+    seed: int,
+    config: WorldConfig,
+    processes: int = 1,
+    captions: int = 1,
+) -> Path:
     """Write `count` clips of `split` ("train" or "eval") and their metadata.csv; returns the CSV path. Clip i uses
     the generator seeded by (seed, split, i): the same settings always give the same files, however many
     `processes` render them. `captions` > 1 gives each clip that many rows: its full caption, then partial ones
@@ -311,7 +361,9 @@ def read_world(split: str | os.PathLike) -> WorldConfig:
     """The settings a split folder of `write_split` was written with (JSON lists back to the config's tuples)."""
     path = Path(split) / "world.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: {split} is not a split folder written by ShapesWorld's write_split.")
+        raise FileNotFoundError(
+            f"{path} not found: {split} is not a split folder written by ShapesWorld's write_split."
+        )
     values = json.loads(path.read_text())
     names = {setting.name for setting in fields(WorldConfig)}
     as_tuple = lambda value: tuple(map(as_tuple, value)) if isinstance(value, list) else value  # noqa: E731
@@ -328,10 +380,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=64, help="height = width")
     parser.add_argument("--min-objects", type=int, default=WorldConfig.min_objects)
     parser.add_argument("--max-objects", type=int, default=WorldConfig.max_objects)
-    parser.add_argument("--processes", type=int, default=1, help="render clips in this many processes (the files are the same)")
-    parser.add_argument("--captions", type=int, default=1, help="rows per training clip: the full caption, then partial ones")
-    parser.add_argument("--demo-world", action="store_true",
-                        help="the bundled demo model's world (its object sizes, starts and speeds) instead of the defaults")  # fmt: skip
+    parser.add_argument(
+        "--processes", type=int, default=1, help="render clips in this many processes (the files are the same)"
+    )
+    parser.add_argument(
+        "--captions", type=int, default=1, help="rows per training clip: the full caption, then partial ones"
+    )
+    parser.add_argument(
+        "--demo-world",
+        action="store_true",
+        help="the bundled demo model's world (its object sizes, starts and speeds) instead of the defaults",
+    )
     args = parser.parse_args(argv)
     if min(args.train, args.eval) < 0 or not args.train + args.eval:
         parser.error(f"--train and --eval must be >= 0 and not both 0, got {args.train} and {args.eval}")
@@ -340,11 +399,21 @@ def main(argv: list[str] | None = None) -> None:
     world = {}
     if args.demo_world:
         from .demo_model import WORLD as world
-    config = WorldConfig(**{**world, "height": args.size, "width": args.size, "frames": args.frames,
-                            "min_objects": args.min_objects, "max_objects": args.max_objects})  # fmt: skip
+    config = WorldConfig(
+        **{
+            **world,
+            "height": args.size,
+            "width": args.size,
+            "frames": args.frames,
+            "min_objects": args.min_objects,
+            "max_objects": args.max_objects,
+        }
+    )
     for split, count in (("train", args.train), ("eval", args.eval)):
         if count:
-            print(f"Wrote {write_split(args.output, split, count, args.seed, config, args.processes, args.captions if split == 'train' else 1)}")
+            print(
+                f"Wrote {write_split(args.output, split, count, args.seed, config, args.processes, args.captions if split == 'train' else 1)}"
+            )
 
 
 if __name__ == "__main__":

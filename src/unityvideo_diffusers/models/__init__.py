@@ -5,6 +5,7 @@ from .transformer_unityvideo import (
     UnityVideoTransformerOutput,
 )
 
+
 __all__ = [
     "UnityVideoControlEncoder",
     "UnityVideoTransformer3DModel",

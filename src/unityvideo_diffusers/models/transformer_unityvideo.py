@@ -12,8 +12,9 @@ its own prompt) with no gather or scatter per block.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -282,7 +283,7 @@ class UnityVideoTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, Ca
         modalities: Sequence[str] = RELEASED_MODALITIES,
         modality_adaln: bool = False,
         task_embedding: bool = False,
-    ) -> "UnityVideoTransformer3DModel":
+    ) -> UnityVideoTransformer3DModel:
         """
         Start a UnityVideo model from a plain diffusers `WanTransformer3DModel` (e.g. Wan2.2-TI2V-5B-Diffusers) with
         the authors' initialisation of the added modules: the modality patch embedding and output head copy the RGB
@@ -294,7 +295,9 @@ class UnityVideoTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, Ca
         """
         wan_config = wan_transformer.config
         if wan_config.get("image_dim") is not None or wan_config.get("added_kv_proj_dim") is not None:
-            raise ValueError("from_wan takes a text(-image)-to-video Wan model without an image encoder branch (e.g. TI2V-5B).")
+            raise ValueError(
+                "from_wan takes a text(-image)-to-video Wan model without an image encoder branch (e.g. TI2V-5B)."
+            )
         shared_keys = [
             "patch_size", "num_attention_heads", "attention_head_dim", "in_channels", "out_channels", "text_dim",
             "freq_dim", "ffn_dim", "num_layers", "cross_attn_norm", "qk_norm", "eps", "rope_max_seq_len",
@@ -303,7 +306,9 @@ class UnityVideoTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, Ca
         modalities = [_resolve_or_none(resolve_modality, name) or name for name in modalities]
         with torch.device("meta"):
             model = cls(**config, modalities=modalities, modality_adaln=modality_adaln, task_embedding=task_embedding)
-        model.rope = UnityVideoRotaryPosEmbed(config["attention_head_dim"], config["patch_size"], config["rope_max_seq_len"])
+        model.rope = UnityVideoRotaryPosEmbed(
+            config["attention_head_dim"], config["patch_size"], config["rope_max_seq_len"]
+        )
         model.rope.to(wan_transformer.rope.freqs_cos.device)
 
         missing, unexpected = model.load_state_dict(wan_transformer.state_dict(), strict=False, assign=True)
@@ -378,10 +383,14 @@ class UnityVideoTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, Ca
         """
         latent_shape = hidden_states.shape
         num_streams = 1 if modality_hidden_states is None else 2
-        self._check_inputs(hidden_states, modality_hidden_states, encoder_hidden_states, modality_encoder_hidden_states)
+        self._check_inputs(
+            hidden_states, modality_hidden_states, encoder_hidden_states, modality_encoder_hidden_states
+        )
         timestep = self._check_timestep(timestep, latent_shape, num_streams)
         device = hidden_states.device
-        modality_ids = self._ids(modality, latent_shape[0], self.config.modalities, self.resolve_modality_name, "modality", device)
+        modality_ids = self._ids(
+            modality, latent_shape[0], self.config.modalities, self.resolve_modality_name, "modality", device
+        )
         task_ids = self._ids(task, latent_shape[0], TASK_NAMES, lambda name: resolve_task(name).name, "task", device)
 
         # 1. Tokens of each stream, stream-major, and their RoPE positions on the side-by-side grid
@@ -419,7 +428,11 @@ class UnityVideoTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, Ca
         modality_sample = None
         if modality_tokens:
             modality_sample = self._output_head(
-                modality_tokens[0], stream_temb[1], self.modality_proj_out, self.modality_scale_shift_table, latent_shape
+                modality_tokens[0],
+                stream_temb[1],
+                self.modality_proj_out,
+                self.modality_scale_shift_table,
+                latent_shape,
             )
 
         if not return_dict:
@@ -505,14 +518,19 @@ class UnityVideoTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, Ca
                 raise ValueError(
                     f"`{name}` must be (B={hidden_states.shape[0]}, L, {config.text_dim}), got {tuple(text.shape)}."
                 )
-        if modality_encoder_hidden_states is not None and modality_encoder_hidden_states.shape != encoder_hidden_states.shape:
+        if (
+            modality_encoder_hidden_states is not None
+            and modality_encoder_hidden_states.shape != encoder_hidden_states.shape
+        ):
             raise ValueError(
                 "The two streams' texts must have the same length: `encoder_hidden_states` "
                 f"{tuple(encoder_hidden_states.shape)} vs `modality_encoder_hidden_states` "
                 f"{tuple(modality_encoder_hidden_states.shape)} (encode both with the same max_sequence_length)."
             )
 
-    def _check_timestep(self, timestep: torch.Tensor | float, latent_shape: torch.Size, num_streams: int) -> torch.Tensor:
+    def _check_timestep(
+        self, timestep: torch.Tensor | float, latent_shape: torch.Size, num_streams: int
+    ) -> torch.Tensor:
         batch_size = latent_shape[0]
         tokens = math.prod(size // patch for size, patch in zip(latent_shape[2:], self.config.patch_size))
         timestep = torch.as_tensor(timestep)

@@ -8,8 +8,9 @@ streams' shared timestep, as the model was trained.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from diffusers import AutoencoderKLWan, DiffusionPipeline
@@ -25,6 +26,7 @@ from ..models import UnityVideoTransformer3DModel
 from ..tasks import Task
 from ..video_io import VideoInput, as_video_list, load_frames, prepare_video
 from .pipeline_output import UnityVideoPipelineOutput
+
 
 WAN_TEXT_LENGTH = 512  # UMT5 tokens per text in Wan and in the released UnityVideo
 
@@ -130,8 +132,9 @@ class UnityVideoBasePipeline(DiffusionPipeline, WanLoraLoaderMixin):
 
         with tempfile.TemporaryDirectory() as folder:
             self.save_pretrained(folder, safe_serialization=safe_serialization, variant=variant)
-            return push_folder(folder, repo_id, private=private, token=token, commit_message=commit_message,
-                               create_pr=create_pr)  # fmt: skip
+            return push_folder(
+                folder, repo_id, private=private, token=token, commit_message=commit_message, create_pr=create_pr
+            )
 
     # ------------------------------------------------------------------ properties used by the loop and callbacks
 
@@ -185,7 +188,9 @@ class UnityVideoBasePipeline(DiffusionPipeline, WanLoraLoaderMixin):
                 )
         temporal = self.vae_scale_factor_temporal * p_t
         if not isinstance(num_frames, int) or num_frames < 1 or (num_frames - 1) % temporal:
-            raise ValueError(f"`num_frames` must be {temporal}k+1 (1, {temporal + 1}, {2 * temporal + 1}, ...), got {num_frames!r}.")
+            raise ValueError(
+                f"`num_frames` must be {temporal}k+1 (1, {temporal + 1}, {2 * temporal + 1}, ...), got {num_frames!r}."
+            )
         if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise ValueError(f"`num_inference_steps` must be a positive integer, got {num_inference_steps!r}.")
         if not isinstance(num_videos_per_prompt, int) or num_videos_per_prompt < 1:
@@ -201,14 +206,18 @@ class UnityVideoBasePipeline(DiffusionPipeline, WanLoraLoaderMixin):
         if prompt is None and prompt_embeds is None:
             raise ValueError("Pass `prompt` or `prompt_embeds`.")
         for name, value in (("prompt", prompt), ("negative_prompt", negative_prompt)):
-            if value is not None and not (isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))):
+            if value is not None and not (
+                isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))
+            ):
                 raise TypeError(f"`{name}` must be a string or a list of strings, got {type(value).__name__}.")
         if isinstance(prompt, list) and isinstance(negative_prompt, list) and len(prompt) != len(negative_prompt):
             raise ValueError(f"{len(prompt)} prompts but {len(negative_prompt)} negative prompts.")
         if prompt_embeds is not None and prompt_embeds.ndim != 3:
             raise ValueError(f"`prompt_embeds` must be (B, L, D), got {tuple(prompt_embeds.shape)}.")
-        needs_encoder = prompt is not None or (negative_prompt is not None) or (
-            self.do_classifier_free_guidance and negative_prompt_embeds is None
+        needs_encoder = (
+            prompt is not None
+            or (negative_prompt is not None)
+            or (self.do_classifier_free_guidance and negative_prompt_embeds is None)
         )
         if needs_encoder and (self.text_encoder is None or self.tokenizer is None):
             raise ValueError(
@@ -238,7 +247,11 @@ class UnityVideoBasePipeline(DiffusionPipeline, WanLoraLoaderMixin):
         if max_sequence_length is None:
             limit = getattr(self.tokenizer, "model_max_length", None) or WAN_TEXT_LENGTH
             return min(int(limit), WAN_TEXT_LENGTH)
-        if isinstance(max_sequence_length, bool) or not isinstance(max_sequence_length, int) or max_sequence_length < 1:
+        if (
+            isinstance(max_sequence_length, bool)
+            or not isinstance(max_sequence_length, int)
+            or max_sequence_length < 1
+        ):
             raise ValueError(f"`max_sequence_length` must be a positive integer or None, got {max_sequence_length!r}.")
         return max_sequence_length
 
@@ -287,14 +300,18 @@ class UnityVideoBasePipeline(DiffusionPipeline, WanLoraLoaderMixin):
                 negative_prompt_embeds = negative_prompt_embeds.repeat_interleave(num_videos_per_prompt, dim=0)
         if modalities is not None:
             if modality_prompt_embeds is None:
-                modality_prompt_embeds = self.encode_modality_prompt(modalities, max_sequence_length, device, prompt_embeds.dtype)
+                modality_prompt_embeds = self.encode_modality_prompt(
+                    modalities, max_sequence_length, device, prompt_embeds.dtype
+                )
             modality_prompt_embeds = modality_prompt_embeds.to(device).repeat_interleave(num_videos_per_prompt, dim=0)
         dtype = self.transformer.dtype
         embeds = [prompt_embeds, negative_prompt_embeds, modality_prompt_embeds]
         rows = prompt_embeds.shape[0]
         for name, tensor in zip(("negative_prompt_embeds", "modality_prompt_embeds"), embeds[1:]):
             if tensor is not None and tensor.shape[0] != rows:
-                raise ValueError(f"`{name}` has {tensor.shape[0] // num_videos_per_prompt} rows for {rows // num_videos_per_prompt} prompts.")
+                raise ValueError(
+                    f"`{name}` has {tensor.shape[0] // num_videos_per_prompt} rows for {rows // num_videos_per_prompt} prompts."
+                )
         return [None if tensor is None else tensor.to(device=device, dtype=dtype) for tensor in embeds]
 
     # ------------------------------------------------------------------ latents and videos
@@ -375,14 +392,27 @@ class UnityVideoBasePipeline(DiffusionPipeline, WanLoraLoaderMixin):
         frames, height, width = latents.shape[2] // p_t, latents.shape[3] // p_h, latents.shape[4] // p_w
 
         def per_token(stream: str) -> torch.Tensor:
-            keep = holds[stream].keep.flatten()[::p_t] if stream in holds else torch.ones(frames, device=latents.device)
+            keep = (
+                holds[stream].keep.flatten()[::p_t] if stream in holds else torch.ones(frames, device=latents.device)
+            )
             return (keep[:, None] * t).expand(frames, height * width).flatten()
 
         timestep = torch.cat([per_token("rgb"), per_token("modality")]) if two_streams else per_token("rgb")
         return timestep.unsqueeze(0).expand(latents.shape[0], -1)
 
-    def _velocities(self, latents, modality_latents, timestep, prompt_embeds, negative_prompt_embeds,
-                    modality_prompt_embeds, modality, task, step, attention_kwargs):  # fmt: skip
+    def _velocities(
+        self,
+        latents,
+        modality_latents,
+        timestep,
+        prompt_embeds,
+        negative_prompt_embeds,
+        modality_prompt_embeds,
+        modality,
+        task,
+        step,
+        attention_kwargs,
+    ):
         """Both streams' velocities, with classifier-free guidance on the RGB prompt."""
         dtype = self.transformer.dtype
 
@@ -444,20 +474,38 @@ class UnityVideoBasePipeline(DiffusionPipeline, WanLoraLoaderMixin):
                 self._current_timestep = t
                 timestep = self._model_timestep(t, latents, two_streams, holds)
                 velocity, modality_velocity = self._velocities(
-                    latents, modality_latents, timestep, prompt_embeds, negative_prompt_embeds,
-                    modality_prompt_embeds, modality, task.name, i, attention_kwargs,
-                )  # fmt: skip
+                    latents,
+                    modality_latents,
+                    timestep,
+                    prompt_embeds,
+                    negative_prompt_embeds,
+                    modality_prompt_embeds,
+                    modality,
+                    task.name,
+                    i,
+                    attention_kwargs,
+                )
                 if "rgb" in schedulers:
                     latents = schedulers["rgb"].step(velocity, t, latents, return_dict=False)[0]
                     latents = holds["rgb"].apply(latents) if "rgb" in holds else latents
                 if "modality" in schedulers:
-                    modality_latents = schedulers["modality"].step(modality_velocity, t, modality_latents, return_dict=False)[0]
-                    modality_latents = holds["modality"].apply(modality_latents) if "modality" in holds else modality_latents
+                    modality_latents = schedulers["modality"].step(
+                        modality_velocity, t, modality_latents, return_dict=False
+                    )[0]
+                    modality_latents = (
+                        holds["modality"].apply(modality_latents) if "modality" in holds else modality_latents
+                    )
 
                 if callback_on_step_end is not None:
-                    tensors = dict(latents=latents, modality_latents=modality_latents, prompt_embeds=prompt_embeds,
-                                   negative_prompt_embeds=negative_prompt_embeds)  # fmt: skip
-                    outputs = callback_on_step_end(self, i, t, {k: tensors[k] for k in callback_on_step_end_tensor_inputs})
+                    tensors = dict(
+                        latents=latents,
+                        modality_latents=modality_latents,
+                        prompt_embeds=prompt_embeds,
+                        negative_prompt_embeds=negative_prompt_embeds,
+                    )
+                    outputs = callback_on_step_end(
+                        self, i, t, {k: tensors[k] for k in callback_on_step_end_tensor_inputs}
+                    )
                     latents = outputs.pop("latents", latents)
                     modality_latents = outputs.pop("modality_latents", modality_latents)
                     prompt_embeds = outputs.pop("prompt_embeds", prompt_embeds)
@@ -483,8 +531,11 @@ class UnityVideoBasePipeline(DiffusionPipeline, WanLoraLoaderMixin):
         window's own estimate, so there is no seam). A single window is the plain call.
         """
         streams = {"rgb": latents, "modality": modality_latents}
-        noisy = [name for name, is_noisy in (("rgb", task.rgb_noisy), ("modality", task.modality_noisy))
-                 if is_noisy and streams[name] is not None]  # fmt: skip
+        noisy = [
+            name
+            for name, is_noisy in (("rgb", task.rgb_noisy), ("modality", task.modality_noisy))
+            if is_noisy and streams[name] is not None
+        ]
         # what held frames are pinned to: generated values once a window has run, the image for frame 0
         targets = {name: streams[name].clone() for name in noisy}
         if image_latents is not None:
@@ -555,7 +606,11 @@ class UnityVideoBasePipeline(DiffusionPipeline, WanLoraLoaderMixin):
         temporal = self.vae_scale_factor_temporal
         if not isinstance(window_frames, int) or (window_frames - 1) % temporal or window_frames < 1:
             raise ValueError(f"`window_frames` must be {temporal}k+1, got {window_frames!r}.")
-        if not isinstance(window_overlap_frames, int) or window_overlap_frames % temporal or not 0 <= window_overlap_frames <= window_frames - 1:
+        if (
+            not isinstance(window_overlap_frames, int)
+            or window_overlap_frames % temporal
+            or not 0 <= window_overlap_frames <= window_frames - 1
+        ):
             raise ValueError(
                 f"`window_overlap_frames` must be a multiple of {temporal}, at most `window_frames` - 1 "
                 f"({window_frames - 1}), got {window_overlap_frames!r}."
@@ -568,21 +623,40 @@ class UnityVideoBasePipeline(DiffusionPipeline, WanLoraLoaderMixin):
 
         # 1. Checks (before any heavy work), batch and conditioning video
         self.check_inputs(
-            prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, height, width,
-            num_frames if num_frames is not None else 1, num_inference_steps, num_videos_per_prompt,
+            prompt,
+            negative_prompt,
+            prompt_embeds,
+            negative_prompt_embeds,
+            height,
+            width,
+            num_frames if num_frames is not None else 1,
+            num_inference_steps,
+            num_videos_per_prompt,
             callback_on_step_end_tensor_inputs,
-        )  # fmt: skip
+        )
         batch_size = self._batch_size(prompt, prompt_embeds)
         modalities = self._modality_names(modality, batch_size) if modality is not None else None
         if task.name != "joint" and modalities is None:
-            raise ValueError(f"The {task.name} job needs `modality` (one of {', '.join(self.transformer.config.modalities)}).")
+            raise ValueError(
+                f"The {task.name} job needs `modality` (one of {', '.join(self.transformer.config.modalities)})."
+            )
         condition = None
         if condition_video is not None:
-            condition, num_frames = self.prepare_condition_videos(condition_video, batch_size, num_frames, height, width)
+            condition, num_frames = self.prepare_condition_videos(
+                condition_video, batch_size, num_frames, height, width
+            )
             self.check_inputs(
-                prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, height, width, num_frames,
-                num_inference_steps, num_videos_per_prompt, callback_on_step_end_tensor_inputs,
-            )  # fmt: skip
+                prompt,
+                negative_prompt,
+                prompt_embeds,
+                negative_prompt_embeds,
+                height,
+                width,
+                num_frames,
+                num_inference_steps,
+                num_videos_per_prompt,
+                callback_on_step_end_tensor_inputs,
+            )
         image_frame = None
         if image is not None:
             images = image if isinstance(image, list) else [image]
@@ -590,9 +664,16 @@ class UnityVideoBasePipeline(DiffusionPipeline, WanLoraLoaderMixin):
 
         # 2. Texts
         prompt_embeds, negative_prompt_embeds, modality_prompt_embeds = self._encode_texts(
-            prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, modality_prompt_embeds, modalities,
-            num_videos_per_prompt, self.text_length(max_sequence_length), device,
-        )  # fmt: skip
+            prompt,
+            negative_prompt,
+            prompt_embeds,
+            negative_prompt_embeds,
+            modality_prompt_embeds,
+            modalities,
+            num_videos_per_prompt,
+            self.text_length(max_sequence_length),
+            device,
+        )
         videos = batch_size * num_videos_per_prompt
         modalities = None if modalities is None else [m for m in modalities for _ in range(num_videos_per_prompt)]
 
@@ -609,7 +690,11 @@ class UnityVideoBasePipeline(DiffusionPipeline, WanLoraLoaderMixin):
         else:
             latents = condition_latents
         if task.modality_noisy:
-            modality_latents = None if modalities is None else self.prepare_latents(shape, device, generator, modality_latents, "modality_latents")
+            modality_latents = (
+                None
+                if modalities is None
+                else self.prepare_latents(shape, device, generator, modality_latents, "modality_latents")
+            )
         else:
             modality_latents = condition_latents
         image_latents = None
@@ -618,12 +703,21 @@ class UnityVideoBasePipeline(DiffusionPipeline, WanLoraLoaderMixin):
 
         # 5. Denoise, in windows when the video is longer than one
         latents, modality_latents = self._denoise_in_windows(
-            latents, modality_latents, task, image_latents, window_frames, window_overlap_frames,
-            timesteps=timesteps, prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
-            modality_prompt_embeds=modality_prompt_embeds, modality=modalities,
+            latents,
+            modality_latents,
+            task,
+            image_latents,
+            window_frames,
+            window_overlap_frames,
+            timesteps=timesteps,
+            prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds,
+            modality_prompt_embeds=modality_prompt_embeds,
+            modality=modalities,
             callback_on_step_end=callback_on_step_end,
-            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, attention_kwargs=attention_kwargs,
-        )  # fmt: skip
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+            attention_kwargs=attention_kwargs,
+        )
 
         # 6. Decode what the job produces
         frames = self.decode_latents(latents, output_type) if task.rgb_noisy else None
@@ -634,4 +728,3 @@ class UnityVideoBasePipeline(DiffusionPipeline, WanLoraLoaderMixin):
         if not return_dict:
             return (frames, modality_frames)
         return UnityVideoPipelineOutput(frames=frames, modality_frames=modality_frames)
-

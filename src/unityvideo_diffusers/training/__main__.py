@@ -5,4 +5,5 @@ import sys
 
 from ..cli import main
 
+
 sys.exit(main(["train", *sys.argv[1:]]))

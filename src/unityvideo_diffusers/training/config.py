@@ -37,7 +37,9 @@ class TrainConfig:
     timestep_distribution: str = "logit_normal"  # or "uniform"
     timestep_shift: float = 5.0
     prompt_dropout: float = 0.1
-    foreground_loss_weight: float = 0.0  # extra RGB-loss weight where the segmentation video shows an object (0: off, the authors')
+    foreground_loss_weight: float = (
+        0.0  # extra RGB-loss weight where the segmentation video shows an object (0: off, the authors')
+    )
     added_modules_lr_multiplier: float = 10.0  # control encoder, modality head, identity and option tables
     lr_warmup_steps: int = 200
     lr_min_ratio: float = 0.1  # cosine decay to this fraction of the peak; 1.0 = constant (the release)
@@ -63,7 +65,9 @@ class TrainConfig:
     optimizer: str = "adamw"  # "adamw" or "adamw8bit" (bitsandbytes)
     seed: int = 42
     max_sequence_length: int | None = None  # text tokens; None: the model's tokenizer's (512 for Wan's UMT5)
-    latent_cache: str = ""  # folder of the encoded data; empty: save_path/latent_cache. Runs on the same data can share one
+    latent_cache: str = (
+        ""  # folder of the encoded data; empty: save_path/latent_cache. Runs on the same data can share one
+    )
 
     # bookkeeping
     checkpoint_every: int = 500
@@ -98,8 +102,10 @@ class TrainConfig:
                 problems.append(f"task must be 'multi' or one of {', '.join(TASK_NAMES)}, got {self.task!r}")
         try:
             self.task_weights = {resolve_task(name).name: float(weight) for name, weight in self.task_weights.items()}
-            need(all(w >= 0 for w in self.task_weights.values()) and sum(self.task_weights.values()) > 0,
-                 "task_weights must be non-negative with a positive sum")  # fmt: skip
+            need(
+                all(w >= 0 for w in self.task_weights.values()) and sum(self.task_weights.values()) > 0,
+                "task_weights must be non-negative with a positive sum",
+            )
         except (ValueError, TypeError, AttributeError) as error:
             problems.append(f"task_weights: {error}")
         if self.modalities is not None:
@@ -108,65 +114,113 @@ class TrainConfig:
             except ValueError as error:
                 problems.append(f"modalities: {error}")
         if self.modality_weights is not None:
-            need(all(float(w) >= 0 for w in self.modality_weights.values()) and sum(self.modality_weights.values()) > 0,
-                 "modality_weights must be non-negative with a positive sum")  # fmt: skip
+            need(
+                all(float(w) >= 0 for w in self.modality_weights.values()) and sum(self.modality_weights.values()) > 0,
+                "modality_weights must be non-negative with a positive sum",
+            )
         try:
             for task, weights in self.task_modality_weights.items():
                 if not isinstance(weights, dict):
                     raise TypeError(f"{task}: give a mapping of modality to weight, got {weights!r}")
-            self.task_modality_weights = {resolve_task(task).name: weights for task, weights in self.task_modality_weights.items()}
+            self.task_modality_weights = {
+                resolve_task(task).name: weights for task, weights in self.task_modality_weights.items()
+            }
             for task, weights in self.task_modality_weights.items():
-                need(all(float(w) >= 0 for w in weights.values()) and sum(weights.values()) > 0,
-                     f"task_modality_weights[{task!r}] must be non-negative with a positive sum")  # fmt: skip
+                need(
+                    all(float(w) >= 0 for w in weights.values()) and sum(weights.values()) > 0,
+                    f"task_modality_weights[{task!r}] must be non-negative with a positive sum",
+                )
         except (ValueError, TypeError, AttributeError) as error:
             problems.append(f"task_modality_weights: {error}")
         for name in self.new_modalities:
             need(name.isidentifier(), f"new_modalities: {name!r} is not an identifier-like name")
-        need(self.timestep_distribution in ("logit_normal", "uniform"), "timestep_distribution must be 'logit_normal' or 'uniform'")
+        need(
+            self.timestep_distribution in ("logit_normal", "uniform"),
+            "timestep_distribution must be 'logit_normal' or 'uniform'",
+        )
         need(self.timestep_shift > 0, "timestep_shift must be positive")
         need(0 <= self.prompt_dropout < 1, "prompt_dropout must be in [0, 1)")
-        need(isinstance(self.foreground_loss_weight, (int, float)) and 0 <= self.foreground_loss_weight < math.inf,
-             f"foreground_loss_weight must be a finite number >= 0, got {self.foreground_loss_weight!r}")
-        need(self.training_mode in ("lora", "full"), f"training_mode must be 'lora' or 'full', got {self.training_mode!r}")
+        need(
+            isinstance(self.foreground_loss_weight, (int, float)) and 0 <= self.foreground_loss_weight < math.inf,
+            f"foreground_loss_weight must be a finite number >= 0, got {self.foreground_loss_weight!r}",
+        )
+        need(
+            self.training_mode in ("lora", "full"),
+            f"training_mode must be 'lora' or 'full', got {self.training_mode!r}",
+        )
         need(self.mixed_precision in ("no", "bf16", "fp16"), "mixed_precision must be 'no', 'bf16' or 'fp16'")
         need(self.optimizer in ("adamw", "adamw8bit"), "optimizer must be 'adamw' or 'adamw8bit'")
-        for name in ("batch_size", "max_epochs", "lora_rank", "gradient_accumulation_steps", "ema_every",
-                     "checkpoint_every", "keep_last_checkpoints", "log_every"):  # fmt: skip
+        for name in (
+            "batch_size",
+            "max_epochs",
+            "lora_rank",
+            "gradient_accumulation_steps",
+            "ema_every",
+            "checkpoint_every",
+            "keep_last_checkpoints",
+            "log_every",
+        ):
             value = getattr(self, name)
             need(isinstance(value, int) and value >= 1, f"{name} must be a positive integer, got {value!r}")
-        need(self.max_steps is None or (isinstance(self.max_steps, int) and self.max_steps >= 1),
-             f"max_steps must be a positive integer or null, got {self.max_steps!r}")  # fmt: skip
-        need(self.max_minutes is None or (isinstance(self.max_minutes, (int, float)) and 0 < self.max_minutes < math.inf),
-             f"max_minutes must be a positive number or null, got {self.max_minutes!r}")  # fmt: skip
+        need(
+            self.max_steps is None or (isinstance(self.max_steps, int) and self.max_steps >= 1),
+            f"max_steps must be a positive integer or null, got {self.max_steps!r}",
+        )
+        need(
+            self.max_minutes is None
+            or (isinstance(self.max_minutes, (int, float)) and 0 < self.max_minutes < math.inf),
+            f"max_minutes must be a positive number or null, got {self.max_minutes!r}",
+        )
         for name in ("learning_rate", "max_grad_norm", "lora_alpha", "added_modules_lr_multiplier"):
             value = getattr(self, name)
-            need(isinstance(value, (int, float)) and math.isfinite(value) and value > 0, f"{name} must be positive, got {value!r}")
+            need(
+                isinstance(value, (int, float)) and math.isfinite(value) and value > 0,
+                f"{name} must be positive, got {value!r}",
+            )
         need(0 < self.lr_min_ratio <= 1, "lr_min_ratio must be in (0, 1]")
         need(self.lr_warmup_steps >= 0, "lr_warmup_steps must be >= 0")
         need(0 <= self.ema_decay < 1, "ema_decay must be in [0, 1)")
         need(self.weight_decay >= 0, "weight_decay must be >= 0")
-        need(self.num_frames >= 1 and (self.num_frames - 1) % 4 == 0, f"num_frames must be 4k+1, got {self.num_frames}")
+        need(
+            self.num_frames >= 1 and (self.num_frames - 1) % 4 == 0, f"num_frames must be 4k+1, got {self.num_frames}"
+        )
         for name in ("height", "width"):
-            need(getattr(self, name) % 32 == 0 and getattr(self, name) > 0, f"{name} must be a positive multiple of 32")
+            need(
+                getattr(self, name) % 32 == 0 and getattr(self, name) > 0, f"{name} must be a positive multiple of 32"
+            )
         need(self.validation_every >= 0, "validation_every must be >= 0")
         need(not self.validation_every or bool(self.validation_prompts), "validation_every needs validation_prompts")
         need(self.validation_steps >= 1, "validation_steps must be >= 1")
-        need(self.max_sequence_length is None or (isinstance(self.max_sequence_length, int) and self.max_sequence_length >= 1),
-             f"max_sequence_length must be a positive integer or null, got {self.max_sequence_length!r}")  # fmt: skip
-        need(isinstance(self.held_out_loss_every, int) and self.held_out_loss_every >= 0, "held_out_loss_every must be >= 0")
-        need(not self.held_out_loss_every or bool(self.held_out_dataset_path), "held_out_loss_every needs held_out_dataset_path")
+        need(
+            self.max_sequence_length is None
+            or (isinstance(self.max_sequence_length, int) and self.max_sequence_length >= 1),
+            f"max_sequence_length must be a positive integer or null, got {self.max_sequence_length!r}",
+        )
+        need(
+            isinstance(self.held_out_loss_every, int) and self.held_out_loss_every >= 0,
+            "held_out_loss_every must be >= 0",
+        )
+        need(
+            not self.held_out_loss_every or bool(self.held_out_dataset_path),
+            "held_out_loss_every needs held_out_dataset_path",
+        )
         if self.held_out_dataset_path:
-            need(Path(self.held_out_dataset_path).is_file(), f"held_out_dataset_path {self.held_out_dataset_path} is not a file")
+            need(
+                Path(self.held_out_dataset_path).is_file(),
+                f"held_out_dataset_path {self.held_out_dataset_path} is not a file",
+            )
         if problems:
             raise ConfigError("Invalid training config:\n  - " + "\n  - ".join(problems))
 
     def weights_foreground(self) -> bool:
         """Whether `foreground_loss_weight` acts: it is set and some task of the run generates the RGB stream."""
-        tasks = [self.task] if self.task != "multi" else [name for name, weight in self.task_weights.items() if weight > 0]
+        tasks = (
+            [self.task] if self.task != "multi" else [name for name, weight in self.task_weights.items() if weight > 0]
+        )
         return self.foreground_loss_weight > 0 and any(resolve_task(name).rgb_noisy for name in tasks)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "TrainConfig":
+    def from_dict(cls, values: dict) -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = [key for key in values if key not in known]
         if unknown:
@@ -174,7 +228,7 @@ class TrainConfig:
         return cls(**values)
 
     @classmethod
-    def from_yaml(cls, path: str | Path, overrides: dict | None = None) -> "TrainConfig":
+    def from_yaml(cls, path: str | Path, overrides: dict | None = None) -> TrainConfig:
         import yaml
 
         try:

@@ -89,8 +89,17 @@ class LatentCache:
     def is_complete(self) -> bool:
         return self.index_path.is_file()
 
-    def build(self, rows: list[Row], pipe, modalities: list[str], num_frames: int, height: int, width: int,
-              max_sequence_length: int, progress: bool = True) -> dict:  # fmt: skip
+    def build(
+        self,
+        rows: list[Row],
+        pipe,
+        modalities: list[str],
+        num_frames: int,
+        height: int,
+        width: int,
+        max_sequence_length: int,
+        progress: bool = True,
+    ) -> dict:
         """Encode every row with `pipe` (its VAE and text encoder); a row already in the folder is kept, so an
         interrupted build resumes, and rows with the same videos (several captions of one clip) share one VAE
         encoding. Returns the index: usable rows and the skipped ones with reasons."""
@@ -112,9 +121,13 @@ class LatentCache:
                     continue
                 # every stream of a row in one VAE call: the causal VAE's per-chunk overhead dominates small videos
                 names = list(frames)
-                pixels = torch.cat([pipe.video_processor.preprocess_video(frames[n], height=height, width=width) for n in names])
+                pixels = torch.cat(
+                    [pipe.video_processor.preprocess_video(frames[n], height=height, width=width) for n in names]
+                )
                 latents = pipe.encode_video(pixels, device).cpu()
-                tensors = {"rgb" if n == "rgb" else f"modality.{n}": latent.clone() for n, latent in zip(names, latents)}
+                tensors = {
+                    "rgb" if n == "rgb" else f"modality.{n}": latent.clone() for n, latent in zip(names, latents)
+                }
                 if "segmentation" in frames:
                     tensors["foreground"] = foreground_mask(frames["segmentation"], tuple(latents.shape[-3:]))
                 tensors["prompt_embeds"] = self._encode_trimmed(pipe, row.prompt, max_sequence_length, device)
@@ -123,10 +136,18 @@ class LatentCache:
             usable.append(row.index)
         prompts = {"empty": self._encode_trimmed(pipe, "", max_sequence_length, device)}
         for name in modalities:
-            prompts[f"modality.{name}"] = pipe.encode_modality_prompt([name], max_sequence_length, device, torch.float32)[0].cpu()
+            prompts[f"modality.{name}"] = pipe.encode_modality_prompt(
+                [name], max_sequence_length, device, torch.float32
+            )[0].cpu()
         _save_atomic(prompts, self.folder / "prompts.safetensors")
-        index = {"usable": usable, "skipped": skipped, "modalities": modalities, "max_sequence_length": max_sequence_length,
-                 "video_shape": [num_frames, height, width], "foreground_masks": "segmentation" in modalities}  # fmt: skip
+        index = {
+            "usable": usable,
+            "skipped": skipped,
+            "modalities": modalities,
+            "max_sequence_length": max_sequence_length,
+            "video_shape": [num_frames, height, width],
+            "foreground_masks": "segmentation" in modalities,
+        }
         temporary = self.index_path.with_suffix(".partial")
         temporary.write_text(json.dumps(index, indent=2))
         os.replace(temporary, self.index_path)
@@ -154,13 +175,20 @@ def check_cache_fits(index: dict, index_path: Path, modalities: list[str], confi
     if index.get("video_shape", wanted) != wanted:
         problems.append(f"it was encoded at frames x height x width {index['video_shape']}, this run wants {wanted}")
     if config.max_sequence_length not in (None, index["max_sequence_length"]):
-        problems.append(f"its prompts were cut at {index['max_sequence_length']} tokens, this run's at {config.max_sequence_length}")
+        problems.append(
+            f"its prompts were cut at {index['max_sequence_length']} tokens, this run's at {config.max_sequence_length}"
+        )
     if config.weights_foreground() and not index.get("foreground_masks"):
-        problems.append("it has no foreground masks, which foreground_loss_weight needs (they are cached from a "
-                        "segmentation column, by this version or later)")
+        problems.append(
+            "it has no foreground masks, which foreground_loss_weight needs (they are cached from a "
+            "segmentation column, by this version or later)"
+        )
     if problems:
-        raise ConfigError(f"The latent cache {index_path.parent} does not fit this run: " + "; ".join(problems)
-                          + ". Give another `latent_cache` folder (or none, to encode into save_path).")  # fmt: skip
+        raise ConfigError(
+            f"The latent cache {index_path.parent} does not fit this run: "
+            + "; ".join(problems)
+            + ". Give another `latent_cache` folder (or none, to encode into save_path)."
+        )
 
 
 def foreground_mask(segmentation: list, latent_grid: tuple[int, int, int]) -> torch.Tensor:

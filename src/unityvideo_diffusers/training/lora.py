@@ -15,14 +15,18 @@ from safetensors.torch import load_file, save_file
 from ..modalities import known_modalities, register_modality
 from .config import TrainConfig
 
+
 EXTRA_WEIGHTS = "unityvideo_extra_weights.safetensors"
 TRAINING_RECORD = "unityvideo_training.json"
 
 
 def export_trained(model, folder: Path, config: TrainConfig) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    record = {"training_mode": config.training_mode, "new_modalities": config.new_modalities,
-              "modalities": list(model.config.modalities)}  # fmt: skip
+    record = {
+        "training_mode": config.training_mode,
+        "new_modalities": config.new_modalities,
+        "modalities": list(model.config.modalities),
+    }
     if config.training_mode == "full":
         model.save_pretrained(folder / "transformer")
     else:
@@ -31,8 +35,11 @@ def export_trained(model, folder: Path, config: TrainConfig) -> Path:
         from ..pipelines import UnityVideoPipeline
 
         UnityVideoPipeline.save_lora_weights(folder, transformer_lora_layers=get_peft_model_state_dict(model))
-        extra = {name: p.detach().cpu().contiguous() for name, p in model.named_parameters()
-                 if p.requires_grad and "lora_" not in name}  # fmt: skip
+        extra = {
+            name: p.detach().cpu().contiguous()
+            for name, p in model.named_parameters()
+            if p.requires_grad and "lora_" not in name
+        }
         if extra:
             save_file(extra, folder / EXTRA_WEIGHTS)
     (folder / TRAINING_RECORD).write_text(json.dumps(record, indent=2))
@@ -54,4 +61,3 @@ def load_trained_lora(pipe, folder: str | Path, adapter_name: str | None = None)
         unexpected = pipe.transformer.load_state_dict(extra, strict=False).unexpected_keys
         if unexpected:
             raise ValueError(f"Extra weights with no place in this transformer: {unexpected[:5]}")
-

@@ -33,7 +33,9 @@ class NoisedStreams:
     modality_target: torch.Tensor | None
 
 
-def noise_streams(task: Task, rgb: torch.Tensor, modality: torch.Tensor, t: torch.Tensor, generator: torch.Generator) -> NoisedStreams:
+def noise_streams(
+    task: Task, rgb: torch.Tensor, modality: torch.Tensor, t: torch.Tensor, generator: torch.Generator
+) -> NoisedStreams:
     """Noise the streams `task` generates at time t (B,); keep the others clean."""
     shape = (-1,) + (1,) * (rgb.ndim - 1)
     t = t.view(shape).to(rgb.dtype)
@@ -47,15 +49,18 @@ def noise_streams(task: Task, rgb: torch.Tensor, modality: torch.Tensor, t: torc
     return NoisedStreams(rgb, modality, rgb_target, modality_target)
 
 
-def stream_losses(prediction: tuple[torch.Tensor, torch.Tensor], streams: NoisedStreams,
-                  rgb_weight: torch.Tensor | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
+def stream_losses(
+    prediction: tuple[torch.Tensor, torch.Tensor], streams: NoisedStreams, rgb_weight: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
     """Mean squared error of each supervised stream's velocity (`rgb_loss`, `modality_loss`); `loss` is their sum.
     `rgb_weight`, broadcastable to the latents (e.g. (B, 1, T, H, W)), makes the RGB stream's a weighted mean:
     sum(w e^2) / sum(w), so a uniform weight changes nothing. The modality stream stays uniform: what the prompt
     describes is the video's objects, while an estimate is judged on every pixel, background included."""
     losses = {}
-    pairs = (("rgb_loss", prediction[0], streams.rgb_target, rgb_weight),
-             ("modality_loss", prediction[1], streams.modality_target, None))  # fmt: skip
+    pairs = (
+        ("rgb_loss", prediction[0], streams.rgb_target, rgb_weight),
+        ("modality_loss", prediction[1], streams.modality_target, None),
+    )
     for name, predicted, target, weight in pairs:
         if target is not None:
             error = (predicted.float() - target.float()) ** 2

@@ -15,8 +15,8 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from accelerate import Accelerator
@@ -30,6 +30,7 @@ from ..tasks import resolve_task
 from .config import ConfigError, TrainConfig
 from .data import LatentCache, check_cache_fits, modality_columns, pad_tokens, read_metadata
 from .recipe import foreground_weight, lr_factor, noise_streams, sample_timesteps, stream_losses
+
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,9 @@ class MultiTaskSampler:
         for task in self.tasks:
             name = "task_modality_weights" if task.name in config.task_modality_weights else "modality_weights"
             weights = config.task_modality_weights.get(task.name, config.modality_weights) or {}
-            self.modality_weights[task.name] = torch.tensor([float(weights.get(m, 0.0 if weights else 1.0)) for m in self.modalities])
+            self.modality_weights[task.name] = torch.tensor(
+                [float(weights.get(m, 0.0 if weights else 1.0)) for m in self.modalities]
+            )
             if self.modality_weights[task.name].sum() <= 0:
                 raise ConfigError(f"{name} give {task.name} no weight on the modalities with data: {self.modalities}.")
         self.drawn = {m: 0 for m in self.modalities}  # batches of each modality drawn so far
@@ -84,7 +87,9 @@ class MultiTaskSampler:
             batch = []
             for position in range(start, start + self.config.batch_size):
                 epoch, offset = divmod(position, len(rows))
-                order = torch.randperm(len(rows), generator=step_generator(self.config.seed, epoch, 1 + self.modalities.index(modality)))
+                order = torch.randperm(
+                    len(rows), generator=step_generator(self.config.seed, epoch, 1 + self.modalities.index(modality))
+                )
                 batch.append(rows[int(order[offset])])
             batches.append(batch)
             self.drawn[modality] += 1
@@ -117,8 +122,14 @@ def prepare_trainable(transformer: UnityVideoTransformer3DModel, config: TrainCo
     if config.training_mode == "lora":
         from peft import LoraConfig
 
-        transformer.add_adapter(LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha,
-                                           target_modules=config.lora_target_modules, init_lora_weights="gaussian"))  # fmt: skip
+        transformer.add_adapter(
+            LoraConfig(
+                r=config.lora_rank,
+                lora_alpha=config.lora_alpha,
+                target_modules=config.lora_target_modules,
+                init_lora_weights="gaussian",
+            )
+        )
         if config.train_added_modules:
             for name, parameter in transformer.named_parameters():
                 if name.startswith(ADDED_MODULES) or "modality_scale_shift_table" in name:
@@ -126,7 +137,9 @@ def prepare_trainable(transformer: UnityVideoTransformer3DModel, config: TrainCo
     added, base = [], []
     for name, parameter in transformer.named_parameters():
         if parameter.requires_grad:
-            (added if name.startswith(ADDED_MODULES) or "modality_scale_shift_table" in name else base).append(parameter)
+            (added if name.startswith(ADDED_MODULES) or "modality_scale_shift_table" in name else base).append(
+                parameter
+            )
     groups = [{"params": base, "lr": config.learning_rate}]
     if added:
         groups.append({"params": added, "lr": config.learning_rate * config.added_modules_lr_multiplier})
@@ -227,7 +240,10 @@ def train(config: TrainConfig, extra_loss: Callable | None = None, progress: boo
         decay = config.ema_decay**config.ema_every  # one update every `ema_every` steps, as the release did
         ema = EMAModel(trainable, decay=decay, min_decay=decay)
 
-    steps_per_epoch = -(-sum(len(v) for v in rows_with.values()) // (config.batch_size * accelerator.num_processes * config.gradient_accumulation_steps))
+    steps_per_epoch = -(
+        -sum(len(v) for v in rows_with.values())
+        // (config.batch_size * accelerator.num_processes * config.gradient_accumulation_steps)
+    )
     total_steps = config.max_steps or config.max_epochs * max(steps_per_epoch, 1)
     transformer, optimizer = accelerator.prepare(transformer, optimizer)
     progress_state = TrainingProgress()
@@ -237,7 +253,9 @@ def train(config: TrainConfig, extra_loss: Callable | None = None, progress: boo
 
     def save_model_hook(models, weights, output_dir):
         if accelerator.is_main_process:
-            save_file(trainable_state(accelerator.unwrap_model(models[0])), os.path.join(output_dir, TRAINABLE_WEIGHTS))
+            save_file(
+                trainable_state(accelerator.unwrap_model(models[0])), os.path.join(output_dir, TRAINABLE_WEIGHTS)
+            )
         weights.clear()
 
     def load_model_hook(models, input_dir):
@@ -258,7 +276,9 @@ def train(config: TrainConfig, extra_loss: Callable | None = None, progress: boo
     log = (save_path / "train_log.jsonl").open("a") if accelerator.is_main_process else None
     if accelerator.is_main_process:
         (save_path / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2))
-    held_out_batches = _held_out_batches(held_out, held_out_rows, modalities, config, accelerator.device) if held_out else {}
+    held_out_batches = (
+        _held_out_batches(held_out, held_out_rows, modalities, config, accelerator.device) if held_out else {}
+    )
 
     def log_held_out() -> None:  # "step": optimizer updates done
         if accelerator.is_main_process:
@@ -268,7 +288,12 @@ def train(config: TrainConfig, extra_loss: Callable | None = None, progress: boo
 
     if held_out_batches and progress_state.step == 0:
         log_held_out()
-    bar = tqdm(total=total_steps, initial=progress_state.step, desc="training", disable=not (progress and accelerator.is_main_process))
+    bar = tqdm(
+        total=total_steps,
+        initial=progress_state.step,
+        desc="training",
+        disable=not (progress and accelerator.is_main_process),
+    )
     device = accelerator.device
     started = time.perf_counter()
     deadline = started + 60 * config.max_minutes if config.max_minutes else None
@@ -282,15 +307,24 @@ def train(config: TrainConfig, extra_loss: Callable | None = None, progress: boo
         for rows_in_batch in batches:
             batch = _collate(cache, prompts, rows_in_batch, modality, config, generator, device)
             with accelerator.accumulate(transformer):
-                t = sample_timesteps(len(rows_in_batch), config.timestep_distribution, config.timestep_shift, generator).to(device)
+                t = sample_timesteps(
+                    len(rows_in_batch), config.timestep_distribution, config.timestep_shift, generator
+                ).to(device)
                 streams = noise_streams(task, batch["rgb"], batch["modality"], t.cpu(), generator)
                 prediction = transformer(
-                    hidden_states=streams.rgb.to(device), timestep=t * 1000, encoder_hidden_states=batch["prompt_embeds"],
-                    modality_hidden_states=streams.modality.to(device), modality_encoder_hidden_states=batch["modality_prompt_embeds"],
-                    modality=modality, task=task.name, return_dict=False,
-                )  # fmt: skip
+                    hidden_states=streams.rgb.to(device),
+                    timestep=t * 1000,
+                    encoder_hidden_states=batch["prompt_embeds"],
+                    modality_hidden_states=streams.modality.to(device),
+                    modality_encoder_hidden_states=batch["modality_prompt_embeds"],
+                    modality=modality,
+                    task=task.name,
+                    return_dict=False,
+                )
                 streams.rgb_target = None if streams.rgb_target is None else streams.rgb_target.to(device)
-                streams.modality_target = None if streams.modality_target is None else streams.modality_target.to(device)
+                streams.modality_target = (
+                    None if streams.modality_target is None else streams.modality_target.to(device)
+                )
                 rgb_weight = None
                 if "foreground" in batch:
                     rgb_weight = foreground_weight(batch["foreground"], config.foreground_loss_weight).to(device)
@@ -299,7 +333,11 @@ def train(config: TrainConfig, extra_loss: Callable | None = None, progress: boo
                     losses["extra"] = extra_loss(transformer, batch, prediction, streams, task)
                     losses["loss"] = losses["loss"] + losses["extra"]
                 accelerator.backward(losses["loss"])
-                grad_norm = accelerator.clip_grad_norm_(trainable, config.max_grad_norm) if accelerator.sync_gradients else None
+                grad_norm = (
+                    accelerator.clip_grad_norm_(trainable, config.max_grad_norm)
+                    if accelerator.sync_gradients
+                    else None
+                )
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
 
@@ -311,9 +349,15 @@ def train(config: TrainConfig, extra_loss: Callable | None = None, progress: boo
         if ema is not None and progress_state.step % config.ema_every == 0:
             ema.step(trainable)
         if log is not None and (step % config.log_every == 0 or last):
-            record = {"step": step, "elapsed": round(time.perf_counter() - started, 3), "task": task.name,
-                      "modality": modality, "lr": optimizer.param_groups[0]["lr"],
-                      **{k: float(v.detach()) for k, v in losses.items()}, "grad_norm": float(grad_norm or 0)}  # fmt: skip
+            record = {
+                "step": step,
+                "elapsed": round(time.perf_counter() - started, 3),
+                "task": task.name,
+                "modality": modality,
+                "lr": optimizer.param_groups[0]["lr"],
+                **{k: float(v.detach()) for k, v in losses.items()},
+                "grad_norm": float(grad_norm or 0),
+            }
             log.write(json.dumps(record) + "\n")
             log.flush()
         bar.update()
@@ -322,7 +366,11 @@ def train(config: TrainConfig, extra_loss: Callable | None = None, progress: boo
             log_held_out()
         if progress_state.step % config.checkpoint_every == 0 and not last:
             _save_checkpoint(accelerator, save_path, progress_state.step, config.keep_last_checkpoints)
-        if config.validation_every and progress_state.step % config.validation_every == 0 and accelerator.is_main_process:
+        if (
+            config.validation_every
+            and progress_state.step % config.validation_every == 0
+            and accelerator.is_main_process
+        ):
             _validation_videos(accelerator.unwrap_model(transformer), config, modalities[0], progress_state.step)
         if out_of_time:
             logger.info("max_minutes reached after %d of %d steps.", progress_state.step, total_steps)
@@ -353,8 +401,13 @@ def train(config: TrainConfig, extra_loss: Callable | None = None, progress: boo
     return export
 
 
-def _encode_once(caches: list[tuple[LatentCache | None, list]], transformer, modalities: list[str], config: TrainConfig,
-                 progress: bool) -> None:  # fmt: skip
+def _encode_once(
+    caches: list[tuple[LatentCache | None, list]],
+    transformer,
+    modalities: list[str],
+    config: TrainConfig,
+    progress: bool,
+) -> None:
     """Build each incomplete cache with the VAE and text encoder of `config.model_path`, loaded once."""
     pending = [(cache, rows) for cache, rows in caches if cache is not None and not cache.is_complete()]
     if not pending:
@@ -365,8 +418,16 @@ def _encode_once(caches: list[tuple[LatentCache | None, list]], transformer, mod
     pipe.set_progress_bar_config(disable=True)
     with torch.no_grad():
         for cache, rows in pending:
-            cache.build(rows, pipe, modalities, config.num_frames, config.height, config.width,
-                        pipe.text_length(config.max_sequence_length), progress)  # fmt: skip
+            cache.build(
+                rows,
+                pipe,
+                modalities,
+                config.num_frames,
+                config.height,
+                config.width,
+                pipe.text_length(config.max_sequence_length),
+                progress,
+            )
 
 
 HELD_OUT_TIMES = (0.1, 0.3, 0.5, 0.7, 0.9)
@@ -389,7 +450,9 @@ def _held_out_batches(cache: LatentCache, rows: list, modalities: list[str], con
                 chunk = with_modality[start : start + config.batch_size]
                 batch = _collate(cache, prompts, chunk, modality, unbiased, generator, device)
                 times = [torch.full((len(batch["rgb"]),), t) for t in HELD_OUT_TIMES]
-                chunks.append((batch, [(t, noise_streams(task, batch["rgb"], batch["modality"], t, generator)) for t in times]))
+                chunks.append(
+                    (batch, [(t, noise_streams(task, batch["rgb"], batch["modality"], t, generator)) for t in times])
+                )
             if chunks:
                 batches[(task, modality)] = chunks
     return batches
@@ -407,21 +470,36 @@ def held_out_losses(transformer, batches: dict) -> dict[str, float]:
         for batch, noised in chunks:
             for t, streams in noised:
                 prediction = transformer(
-                    hidden_states=streams.rgb.to(device), timestep=(t * 1000).to(device),
-                    encoder_hidden_states=batch["prompt_embeds"], modality_hidden_states=streams.modality.to(device),
-                    modality_encoder_hidden_states=batch["modality_prompt_embeds"], modality=modality, task=task.name,
+                    hidden_states=streams.rgb.to(device),
+                    timestep=(t * 1000).to(device),
+                    encoder_hidden_states=batch["prompt_embeds"],
+                    modality_hidden_states=streams.modality.to(device),
+                    modality_encoder_hidden_states=batch["modality_prompt_embeds"],
+                    modality=modality,
+                    task=task.name,
                     return_dict=False,
-                )  # fmt: skip
-                targets = {k: None if v is None else v.to(device) for k, v in
-                           (("rgb_target", streams.rgb_target), ("modality_target", streams.modality_target))}  # fmt: skip
-                values.append((float(stream_losses(prediction, dataclasses.replace(streams, **targets))["loss"]), len(t)))
+                )
+                targets = {
+                    k: None if v is None else v.to(device)
+                    for k, v in (("rgb_target", streams.rgb_target), ("modality_target", streams.modality_target))
+                }
+                values.append(
+                    (float(stream_losses(prediction, dataclasses.replace(streams, **targets))["loss"]), len(t))
+                )
         losses[f"{task.name}/{modality}"] = sum(v * n for v, n in values) / sum(n for _, n in values)
     transformer.train(was_training)
     return losses
 
 
-def _collate(cache: LatentCache, prompts: dict, rows: list[int], modality: str, config: TrainConfig,
-             generator: torch.Generator, device) -> dict:  # fmt: skip
+def _collate(
+    cache: LatentCache,
+    prompts: dict,
+    rows: list[int],
+    modality: str,
+    config: TrainConfig,
+    generator: torch.Generator,
+    device,
+) -> dict:
     """Latents and texts of `rows`; each RGB prompt is dropped (made empty) with probability `prompt_dropout`."""
     samples = [cache.sample(row) for row in rows]
     length = config.max_sequence_length
@@ -431,7 +509,9 @@ def _collate(cache: LatentCache, prompts: dict, rows: list[int], modality: str, 
         "rgb": torch.stack([s["rgb"] for s in samples]),
         "modality": torch.stack([s[f"modality.{modality}"] for s in samples]),
         "prompt_embeds": torch.stack([pad_tokens(text, length) for text in texts]).to(device),
-        "modality_prompt_embeds": pad_tokens(prompts[f"modality.{modality}"][: length], length).expand(len(rows), -1, -1).to(device),
+        "modality_prompt_embeds": pad_tokens(prompts[f"modality.{modality}"][:length], length)
+        .expand(len(rows), -1, -1)
+        .to(device),
     }
     if config.weights_foreground():  # a row without a segmentation video is weighted uniformly
         grid = batch["rgb"].shape[-3:]
@@ -451,8 +531,15 @@ def _validation_videos(transformer, config: TrainConfig, modality: str, step: in
     was_training = transformer.training
     transformer.eval()
     for index, prompt in enumerate(config.validation_prompts):
-        out = pipe(prompt, modality=modality, num_frames=config.num_frames, height=config.height, width=config.width,
-                   num_inference_steps=config.validation_steps, generator=torch.Generator().manual_seed(config.seed))  # fmt: skip
+        out = pipe(
+            prompt,
+            modality=modality,
+            num_frames=config.num_frames,
+            height=config.height,
+            width=config.width,
+            num_inference_steps=config.validation_steps,
+            generator=torch.Generator().manual_seed(config.seed),
+        )
         save_video(out.frames[0], folder / f"{index:02d}_rgb.mp4")
         save_video(out.modality_frames[0], folder / f"{index:02d}_{modality}.mp4")
     transformer.train(was_training)
