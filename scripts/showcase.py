@@ -45,10 +45,9 @@ def main() -> None:
         UnityVideoPerceptionPipeline,
         UnityVideoPipeline,
     )
-    from unityvideo_diffusers.data.demo_model import WORLD
-    from unityvideo_diffusers.data.evaluate import scene_prompt
-    from unityvideo_diffusers.data.shapesworld import WorldConfig, write_split
     from unityvideo_diffusers.jobs import recipe_defaults
+    from unityvideo_diffusers.shapesworld.evaluation import scene_prompt
+    from unityvideo_diffusers.shapesworld.world import DEMO_WORLD, WorldConfig, write_split
     from unityvideo_diffusers.video_io import load_frames, save_video
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -76,7 +75,7 @@ def main() -> None:
         out = pipe(prompt, modality="depth", num_frames=17, guidance_scale=guidance, generator=generator(), **common)
         joint_row += [out.frames[0], out.modality_frames[0]]
     with tempfile.TemporaryDirectory() as folder:
-        clip = write_split(Path(folder), "eval", 2, seed=7, config=WorldConfig(**WORLD)).parent / "00001"
+        clip = write_split(Path(folder), "eval", 2, seed=7, config=WorldConfig(**DEMO_WORLD)).parent / "00001"
         prompt = scene_prompt(json.loads((clip / "scene.json").read_text()))
         rgb = np.stack([np.asarray(f, dtype=np.float64) / 255 for f in load_frames(clip / "rgb")])
         depth = np.stack([np.asarray(f, dtype=np.float64) / 255 for f in load_frames(clip / "depth")])

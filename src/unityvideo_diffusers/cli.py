@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+from .tasks import TASK_NAMES, resolve_task
+
 
 def _convert(args: argparse.Namespace) -> str:
     from .conversion import convert_diffusers_to_released, convert_released_to_diffusers
@@ -237,6 +239,15 @@ def _add_job_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fps", type=int, help="frame rate of the written videos (default 8)")
 
 
+def _job_parser(commands, task_name: str, help_suffix: str = "") -> argparse.ArgumentParser:
+    """A job's subcommand, named by its verb in the task table, with the job's other names as aliases."""
+    task = resolve_task(task_name)
+    aliases = [name for name in (task.name, *task.aliases) if name != task.verb]
+    parser = commands.add_parser(task.verb, aliases=aliases, help=task.summary + help_suffix)
+    parser.set_defaults(verb=task.verb)
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unityvideo", description="UnityVideo on Hugging Face diffusers.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -287,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     trainer.add_argument("--quiet", action="store_true", help="no progress bars")
     trainer.set_defaults(run=_train)
 
-    generate = commands.add_parser("generate", aliases=["text2all"], help="text -> video (+ a modality video)")
+    generate = _job_parser(commands, "joint")
     generate.add_argument("prompt", nargs="?")
     generate.add_argument("--modality", help="also generate this modality (depth, raft, segmentation, ...)")
     generate.add_argument("--image", help="first frame to keep (image file)")
@@ -295,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_job_options(generate)
     generate.set_defaults(run=_job("generate"))
 
-    control = commands.add_parser("control", aliases=["flow2video"], help="modality video (+ text) -> video")
+    control = _job_parser(commands, "control")
     control.add_argument("prompt", nargs="?")
     control.add_argument("--control-video", help="the modality video (file or frame folder)")
     control.add_argument("--control-image", help="a single control image, held for every frame")
@@ -304,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_job_options(control)
     control.set_defaults(run=_job("control"))
 
-    estimate = commands.add_parser("estimate", aliases=["video2flow"], help="video -> modality video (+ numbers)")
+    estimate = _job_parser(commands, "perception", help_suffix=" (+ numbers)")
     estimate.add_argument("video", nargs="?")
     estimate.add_argument("--modality", help="what to estimate (depth, raft, segmentation, ...)")
     estimate.add_argument("--prompt", help="optional caption of the video")
@@ -348,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument(
         "--data",
         required=True,
-        help="a ShapesWorld eval split folder (python -m unityvideo_diffusers.data.shapesworld)",
+        help="a ShapesWorld eval split folder (python -m unityvideo_diffusers.shapesworld.world)",
     )
     evaluation.add_argument("--baseline-model", help="e.g. the untrained starting folder")
     evaluation.add_argument("--steps", type=int, nargs="+", default=[20])
@@ -361,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument(
         "--jobs",
         nargs="+",
-        choices=["perception", "control", "text2video"],
+        choices=TASK_NAMES,
         help="score only these (default: all three)",
     )
     evaluation.add_argument(
@@ -394,30 +405,23 @@ def _demo(args: argparse.Namespace) -> str:
 
 
 def _eval(args: argparse.Namespace) -> str:
-    from .data.evaluate import main as evaluate
+    from .shapesworld.evaluation import evaluate_all, format_table
 
-    argv = [
-        "--model",
+    results = evaluate_all(
         args.model or _default_model(),
-        "--data",
         args.data,
-        "--output",
-        args.output,
-        "--steps",
-        *map(str, args.steps),
-        "--schedulers",
-        *args.schedulers,
-        "--guidance-scale",
-        str(args.guidance_scale),
-    ]
-    argv += ["--baseline-model", args.baseline_model] if args.baseline_model else []
-    argv += ["--limit", str(args.limit)] if args.limit else []
-    argv += ["--vae-ceiling"] if args.vae_ceiling else []
-    argv += ["--jobs", *args.jobs] if args.jobs else []
-    argv += ["--shape-reader", args.shape_reader]
-    argv += ["--device", args.device]
-    evaluate(argv)
-    return f"Wrote {args.output}."
+        steps=tuple(args.steps),
+        schedulers=tuple(args.schedulers),
+        limit=args.limit,
+        jobs=tuple(args.jobs or TASK_NAMES),
+        guidance_scale=args.guidance_scale,
+        baseline_model=args.baseline_model,
+        with_vae_ceiling=args.vae_ceiling,
+        shape_reader=args.shape_reader,
+        device=args.device,
+    )
+    Path(args.output).write_text(json.dumps(results, indent=2))
+    return f"{format_table(results)}\nWrote {args.output}."
 
 
 def _push(args: argparse.Namespace) -> str:
@@ -470,9 +474,7 @@ def _info(args: argparse.Namespace) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    command = {"text2all": "generate", "flow2video": "control", "video2flow": "estimate"}.get(
-        args.command, args.command
-    )
+    command = getattr(args, "verb", args.command)
     try:
         if hasattr(args, "parser"):  # commands whose options may also come from --config
             _apply_config(args)

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from .modalities import decode_depth, decode_flow, decode_segmentation
+from .schedulers import scheduler_by_name
 from .video_io import load_frames, save_video
 
 
@@ -31,29 +32,6 @@ def recipe_defaults(model: str | Path) -> dict:
     return {**recipe.get("world", {}), **recipe.get("sampling", {})}
 
 
-def make_scheduler(name: str, pipe):
-    """'default' keeps the folder's scheduler; 'reference' is the authors' sampler; others are diffusers' own, with
-    the folder scheduler's flow shift."""
-    from diffusers import DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
-
-    from .schedulers import LinearFlowMatchEulerScheduler
-
-    # the folder's shift is the one its model was trained for (5 for the release)
-    config = pipe.scheduler.config
-    shift = float(config.get("flow_shift") if config.get("use_flow_sigmas") else config.get("shift", 5.0))
-    flow = dict(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=shift)
-    choices = {
-        "default": lambda: pipe.scheduler,
-        "reference": LinearFlowMatchEulerScheduler,
-        "euler": lambda: FlowMatchEulerDiscreteScheduler(shift=shift),
-        "unipc": lambda: UniPCMultistepScheduler(**flow),
-        "dpm": lambda: DPMSolverMultistepScheduler(**flow),
-    }
-    if name not in choices:
-        raise ValueError(f"Unknown scheduler {name!r}; choose one of {', '.join(choices)}.")
-    return choices[name]()
-
-
 def load_pipeline(
     pipeline_class, model: str, device: str, dtype: str, offload: bool, vae_tiling: bool, scheduler: str
 ):
@@ -62,7 +40,7 @@ def load_pipeline(
     if not Path(model).exists() and model.count("/") != 1:
         raise FileNotFoundError(f"--model {model} is neither a folder nor a Hub id (owner/name).")
     pipe = pipeline_class.from_pretrained(model, dtype=DTYPES[dtype])
-    pipe.scheduler = make_scheduler(scheduler, pipe)
+    pipe.scheduler = scheduler_by_name(scheduler, pipe.scheduler)
     if vae_tiling:
         pipe.vae.enable_tiling()
     if offload:

@@ -1,6 +1,6 @@
 """The demo model: a small UnityVideo trained only on ShapesWorld, with this project's own code, by one command.
 
-    python -m unityvideo_diffusers.data.demo_model --output models/shapesworld-demo
+    python -m unityvideo_diffusers.shapesworld.recipe --output models/shapesworld-demo
 
 1. ShapesWorld data (17 frames at 64 x 64, objects of 0.3-0.45 of the height starting near the middle and moving
    0.4-0.6 of the frame; the held-out colour x shape pairs stay out of training).
@@ -40,7 +40,7 @@ import torch
 
 from ..modalities import modality_prompt
 from ..video_io import load_frames
-from .shapesworld import MODALITY_COLUMNS, WorldConfig, write_split
+from .world import DEMO_WORLD, MODALITY_COLUMNS, WorldConfig, write_split
 
 
 NEW_MODALITIES = {name: modality_prompt(name) for name in ("normal", "edge")}  # beyond the released five
@@ -67,20 +67,6 @@ VAE = dict(
     patch_size=2,
     scale_factor_spatial=8,
     scale_factor_temporal=4,
-)
-# Starts near the middle and fast motion: the motion word then says where the object is in every frame, and a slide
-# crosses two of the transformer's 16-pixel tokens (at the default speeds about one, and a model trained there learned
-# to approach and recede but no slide, rise or fall: docs/demo_model.md).
-WORLD = dict(
-    height=64,
-    width=64,
-    frames=17,
-    min_size=0.3,
-    max_size=0.45,
-    large_from=0.375,
-    x_range=(0.4, 0.6),
-    y_range=(0.4, 0.6),
-    speed_range=(0.4, 0.6),
 )
 TEXT_TOKENS = 32  # the world's longest prompt has 19; padding to Wan's 512 made half of a step cross-attention to pads
 NEIGHBOUR_OFFSETS = (0, -1, 1, 2)  # the text encoder's heads, each fixed on the token at this offset
@@ -371,7 +357,7 @@ def build(
     budget = minutes * 60
     output = Path(output)
     work = Path(work) if work else output.with_name(output.name + ".work")
-    world = WorldConfig(**WORLD)
+    world = WorldConfig(**DEMO_WORLD)
     processes = os.cpu_count() or 1
     csv_path = write_split(work / "shapesworld", "train", train_clips, seed, world, processes, captions)
     write_split(work / "shapesworld", "eval", eval_clips, seed, world, processes)
@@ -450,7 +436,7 @@ def build(
                 "train_clips": train_clips,
                 "captions": captions,
                 "seconds": round(time.perf_counter() - started),
-                "world": {k: WORLD[k] for k in ("height", "width", "frames")},
+                "world": {k: DEMO_WORLD[k] for k in ("height", "width", "frames")},
                 "sampling": SAMPLING,
                 "exported_from": str(exported.relative_to(work)),
             },
