@@ -33,8 +33,8 @@ def unityvideo(*args, cwd):
 def test_the_demo_model_is_bundled_and_small():
     size = sum(p.stat().st_size for p in DEMO_MODEL.rglob("*") if p.is_file())
     assert (DEMO_MODEL / "model_index.json").is_file() and size < 25 * 2**20
-    recipe = json.loads((DEMO_MODEL / "recipe.json").read_text())
-    assert recipe["world"] == {"height": 64, "width": 64, "frames": 17}
+    defaults = json.loads((DEMO_MODEL / "model_index.json").read_text())["sampling_defaults"]
+    assert {(d["height"], d["width"], d["num_frames"]) for d in defaults.values()} == {(64, 64, 17)}
 
 
 def test_generate_estimate_control_default_to_the_demo_model(tmp_path):
@@ -45,7 +45,8 @@ def test_generate_estimate_control_default_to_the_demo_model(tmp_path):
     [video] = [v for v in (tmp_path / "outputs").glob("generate-*.mp4") if not v.stem.endswith("_depth")]
     record = json.loads(video.with_suffix(".json").read_text())
     assert record["settings"]["model"] == str(DEMO_MODEL)
-    assert record["settings"]["steps"] == json.loads((DEMO_MODEL / "recipe.json").read_text())["sampling"]["steps"]
+    defaults = json.loads((DEMO_MODEL / "model_index.json").read_text())["sampling_defaults"]
+    assert record["settings"]["steps"] == defaults["joint"]["num_inference_steps"]
     frames = load_frames(video)
     assert len(frames) == 17 and frames[0].size == (64, 64)
 

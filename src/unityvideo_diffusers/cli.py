@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from .schedulers import SCHEDULER_NAMES
 from .tasks import TASK_NAMES, resolve_task
 
 
@@ -86,13 +87,13 @@ JOB_DEFAULTS = dict(
     dtype="fp32",
     offload=False,
     vae_tiling=False,
-    scheduler="default",
-    steps=30,
-    guidance_scale=5.0,
+    scheduler=None,  # None: the model folder's, as for the sampling settings below
+    steps=None,
+    guidance_scale=None,
     seed=0,
-    frames=33,
-    height=256,
-    width=256,
+    frames=None,
+    height=None,
+    width=None,
     fps=8,
     negative_prompt=None,
     modality=None,
@@ -129,27 +130,18 @@ def _default_model() -> str:
 
 
 def _job_settings(job: str, args: argparse.Namespace) -> dict:
-    """Defaults, then the YAML file, then the flags given on the command line (each level overrides the previous)."""
-    from .jobs import recipe_defaults
-
+    """Defaults, then the YAML file, then the flags given on the command line (each level overrides the previous).
+    Sampling settings left unset (size, frames, steps, guidance, scheduler) are the model folder's, filled in by the
+    pipeline."""
     allowed = SHARED_OPTIONS | JOB_OPTIONS[job]
     settings = {key: value for key, value in JOB_DEFAULTS.items() if key in allowed}
     if job == "restyle":
         settings["modality"] = "depth"  # structure and motion, without the original's colours
-    if job in ("control", "estimate", "restyle"):
-        settings["frames"] = None  # as many as the given video has
-        settings["guidance_scale"] = 1.0 if job == "estimate" else settings["guidance_scale"]
     explicit = _read_job_config(args.config, allowed) if args.config else {}
     explicit.update({key: value for key, value in vars(args).items() if key in allowed and value is not None})
     settings.update(explicit)
     if settings.get("model") is None:
         settings["model"] = _default_model()
-    for key, value in recipe_defaults(settings["model"]).items():  # a model trained at its own size: the demo model
-        fixed_by_job = (key == "frames" and settings.get("frames") is None) or (
-            key == "guidance_scale" and job == "estimate"
-        )
-        if key not in explicit and not fixed_by_job:
-            settings[key] = value
     required = {
         "generate": ["prompt"],
         "control": ["prompt", "modality"],
@@ -165,7 +157,7 @@ def _job_settings(job: str, args: argparse.Namespace) -> dict:
         if settings.get(name) and not Path(settings[name]).exists():
             raise FileNotFoundError(f"--{name.replace('_', '-')} {settings[name]} does not exist.")
     for name in ("steps", "height", "width", "fps"):
-        if not isinstance(settings[name], int) or settings[name] <= 0:
+        if settings[name] is not None and (not isinstance(settings[name], int) or settings[name] <= 0):
             raise ValueError(f"{name} must be a positive integer, got {settings[name]!r}.")
     if settings["frames"] is not None and (
         not isinstance(settings["frames"], int) or (settings["frames"] - 1) % 4 or settings["frames"] < 1
@@ -229,13 +221,19 @@ def _add_job_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--offload", action="store_true", default=None, help="model CPU offload (low GPU memory)")
     parser.add_argument("--vae-tiling", action="store_true", default=None, help="decode in tiles (low memory)")
-    parser.add_argument("--scheduler", choices=["default", "unipc", "euler", "dpm", "reference"])
-    parser.add_argument("--steps", type=int, help="sampling steps (default 30)")
-    parser.add_argument("--guidance-scale", type=float, help="classifier-free guidance (1 = off)")
+    parser.add_argument(
+        "--scheduler", choices=SCHEDULER_NAMES, help="default: the model's (reference: the authors' sampler)"
+    )
+    parser.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
+    parser.add_argument(
+        "--guidance-scale", type=float, help="classifier-free guidance, 1 = off (default: the model's)"
+    )
     parser.add_argument("--seed", type=int)
-    parser.add_argument("--frames", type=int, help="4k+1 (default 33; control/estimate: the video's length)")
-    parser.add_argument("--height", type=int)
-    parser.add_argument("--width", type=int)
+    parser.add_argument(
+        "--frames", type=int, help="4k+1 (default: the model's; control and estimate: the video's length)"
+    )
+    parser.add_argument("--height", type=int, help="default: the model's")
+    parser.add_argument("--width", type=int, help="default: the model's")
     parser.add_argument("--fps", type=int, help="frame rate of the written videos (default 8)")
 
 
@@ -362,10 +360,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="a ShapesWorld eval split folder (python -m unityvideo_diffusers.shapesworld.world)",
     )
     evaluation.add_argument("--baseline-model", help="e.g. the untrained starting folder")
-    evaluation.add_argument("--steps", type=int, nargs="+", default=[20])
+    evaluation.add_argument("--steps", type=int, nargs="+", help="step counts to score (default: the model's)")
     evaluation.add_argument("--schedulers", nargs="+", default=["default"])
     evaluation.add_argument("--limit", type=int, help="only the first N clips")
-    evaluation.add_argument("--guidance-scale", type=float, default=3.0, help="for control and text -> video")
+    evaluation.add_argument(
+        "--guidance-scale", type=float, help="for control and text -> video (default: the model's for each)"
+    )
     evaluation.add_argument(
         "--vae-ceiling", action="store_true", help="also score the model's VAE reconstructions of the true clips"
     )
@@ -410,7 +410,7 @@ def _eval(args: argparse.Namespace) -> str:
     results = evaluate_all(
         args.model or _default_model(),
         args.data,
-        steps=tuple(args.steps),
+        steps=tuple(args.steps) if args.steps else None,
         schedulers=tuple(args.schedulers),
         limit=args.limit,
         jobs=tuple(args.jobs or TASK_NAMES),

@@ -62,7 +62,7 @@ class UnityVideoPipeline(UnityVideoBasePipeline):
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],
         max_sequence_length: int | None = None,
         window_frames: int | None = None,
-        window_overlap_frames: int = 8,
+        window_overlap_frames: int | None = None,
     ):
         r"""
         Generate videos from text, and with `modality` the matching modality videos.
@@ -106,9 +106,10 @@ class UnityVideoPipeline(UnityVideoBasePipeline):
             max_sequence_length (`int`, *optional*):
                 Tokens each text is padded to; default the tokenizer's `model_max_length`, at most 512 (Wan's and the
                 released model's). A model must be sampled with its training length.
-            window_frames (`int`, *optional*), window_overlap_frames (`int`, defaults to 8):
+            window_frames (`int`, *optional*), window_overlap_frames (`int`, *optional*):
                 A video longer than `window_frames` (4k+1; default the trained length) is made in windows, each
-                conditioned on the last `window_overlap_frames` (a multiple of 4) of the previous one.
+                conditioned on the last `window_overlap_frames` (a multiple of 4; default 8, fewer in shorter windows)
+                of the previous one.
 
         Examples:
 
@@ -116,8 +117,15 @@ class UnityVideoPipeline(UnityVideoBasePipeline):
             [`UnityVideoPipelineOutput`] or `tuple`: the videos and, with a modality, the modality videos.
         """
         # 1. Settings not given take the model folder's defaults; check every input before any heavy work
-        height, width, num_inference_steps, guidance_scale, window_frames = self.settings_or_defaults(
-            JOINT.name, height, width, num_inference_steps, guidance_scale, window_frames
+        (
+            height,
+            width,
+            num_inference_steps,
+            guidance_scale,
+            window_frames,
+            window_overlap_frames,
+        ) = self.settings_or_defaults(
+            JOINT.name, height, width, num_inference_steps, guidance_scale, window_frames, window_overlap_frames
         )
         num_frames = self.job_defaults(JOINT.name)["num_frames"] if num_frames is None else num_frames
         callback_on_step_end_tensor_inputs = self.callback_tensor_names(

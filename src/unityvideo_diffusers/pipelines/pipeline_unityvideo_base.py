@@ -8,6 +8,7 @@ streams' shared timestep, as the model was trained.
 from __future__ import annotations
 
 import copy
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +33,7 @@ from ..video_io import VideoInput, as_video_list, load_frames, prepare_video
 
 WAN_TEXT_LENGTH = 512  # UMT5 tokens per text in Wan and in the released UnityVideo
 OUTPUT_TYPES = ("np", "pil", "pt", "latent")
+DEFAULT_WINDOW_OVERLAP = 8  # video frames a window shares with the previous one (2 latent frames)
 
 logger = logging.get_logger(__name__)
 
@@ -46,6 +48,16 @@ class Hold:
 
     def apply(self, latents: torch.Tensor) -> torch.Tensor:
         return self.keep * latents + (1 - self.keep) * self.target
+
+
+def own_aligned_memory(module: torch.nn.Module) -> None:
+    """Weights read from safetensors files on the CPU are views of the mapped file, at offsets that CPU kernels may
+    take as misaligned and then sum in another order (fp32 outputs 1e-6 off). Copy them into freshly allocated
+    memory, so that a saved and reloaded pipeline computes bit for bit what the original did. One tensor at a time:
+    the copy costs no more memory than the largest weight."""
+    for tensor in itertools.chain(module.parameters(), module.buffers()):
+        if tensor.device.type == "cpu" and tensor.data_ptr() % 64:
+            tensor.data = tensor.data.clone()
 
 
 def window_plan(num_frames: int, window: int, overlap: int) -> list[tuple[int, int]]:
@@ -67,7 +79,6 @@ class UnityVideoBasePipeline(DiffusionPipeline, WanLoraLoaderMixin):
     """
 
     model_cpu_offload_seq = "text_encoder->transformer->vae"
-    default_window_frames = 33  # the length the released model was trained on
     _callback_tensor_inputs = ["latents", "modality_latents", "prompt_embeds", "negative_prompt_embeds"]
     _optional_components = ["tokenizer", "text_encoder"]
 
@@ -150,6 +161,9 @@ class UnityVideoBasePipeline(DiffusionPipeline, WanLoraLoaderMixin):
         pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         if "scheduler" in kwargs:  # the user's choice, not the folder's
             pipe._folder_scheduler = None
+        for component in pipe.components.values():
+            if isinstance(component, torch.nn.Module):
+                own_aligned_memory(component)
         return pipe
 
     # ------------------------------------------------------------------ sampling defaults (the model folder's)
@@ -168,8 +182,10 @@ class UnityVideoBasePipeline(DiffusionPipeline, WanLoraLoaderMixin):
         num_inference_steps: int | None,
         guidance_scale: float | None,
         window_frames: int | None,
-    ) -> tuple[int, int, int, float, int]:
-        """Each setting left at None takes the folder's default for `job`; windows default to the trained length.
+        window_overlap_frames: int | None,
+    ) -> tuple[int, int, int, float, int, int]:
+        """Each setting left at None takes the folder's default for `job`; windows default to the trained length,
+        overlapping by 8 frames (less in shorter windows).
         A size far from the trained one (more than 2x off on a side) gets a warning that names it: a model draws
         tiled patterns far outside the sizes it saw."""
         defaults = self.job_defaults(job)
@@ -185,12 +201,16 @@ class UnityVideoBasePipeline(DiffusionPipeline, WanLoraLoaderMixin):
                     f"{height} x {width} is far from the {trained_height} x {trained_width} this model was trained at; "
                     f"expect poor videos (leave height and width unset for the model's size)."
                 )
+        window_frames = trained_frames if window_frames is None else window_frames
+        if window_overlap_frames is None and isinstance(window_frames, int):
+            window_overlap_frames = max(0, min(DEFAULT_WINDOW_OVERLAP, window_frames - 1))
         return (
             height,
             width,
             defaults["num_inference_steps"] if num_inference_steps is None else num_inference_steps,
             defaults["guidance_scale"] if guidance_scale is None else guidance_scale,
-            trained_frames if window_frames is None else window_frames,
+            window_frames,
+            window_overlap_frames,
         )
 
     def job_scheduler(self, job: str):

@@ -61,7 +61,7 @@ class UnityVideoControlPipeline(UnityVideoBasePipeline):
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],
         max_sequence_length: int | None = None,
         window_frames: int | None = None,
-        window_overlap_frames: int = 8,
+        window_overlap_frames: int | None = None,
     ):
         r"""
         Generate videos that follow a modality video.
@@ -93,8 +93,15 @@ class UnityVideoControlPipeline(UnityVideoBasePipeline):
             raise ValueError("Pass `control_video`: the modality video the generated video should follow.")
         if modality is None:
             raise ValueError("Pass `modality`: what `control_video` shows (e.g. 'depth').")
-        height, width, num_inference_steps, guidance_scale, window_frames = self.settings_or_defaults(
-            CONTROL.name, height, width, num_inference_steps, guidance_scale, window_frames
+        (
+            height,
+            width,
+            num_inference_steps,
+            guidance_scale,
+            window_frames,
+            window_overlap_frames,
+        ) = self.settings_or_defaults(
+            CONTROL.name, height, width, num_inference_steps, guidance_scale, window_frames, window_overlap_frames
         )
         callback_on_step_end_tensor_inputs = self.callback_tensor_names(
             callback_on_step_end, callback_on_step_end_tensor_inputs

@@ -60,7 +60,7 @@ class UnityVideoPerceptionPipeline(UnityVideoBasePipeline):
         callback_on_step_end_tensor_inputs: list[str] = ["modality_latents"],
         max_sequence_length: int | None = None,
         window_frames: int | None = None,
-        window_overlap_frames: int = 8,
+        window_overlap_frames: int | None = None,
     ):
         r"""
         Estimate a modality of videos.
@@ -89,8 +89,15 @@ class UnityVideoPerceptionPipeline(UnityVideoBasePipeline):
             raise ValueError("Pass `video`: the RGB video to estimate the modality of.")
         if modality is None:
             raise ValueError("Pass `modality`: what to estimate (e.g. 'depth').")
-        height, width, num_inference_steps, guidance_scale, window_frames = self.settings_or_defaults(
-            PERCEPTION.name, height, width, num_inference_steps, guidance_scale, window_frames
+        (
+            height,
+            width,
+            num_inference_steps,
+            guidance_scale,
+            window_frames,
+            window_overlap_frames,
+        ) = self.settings_or_defaults(
+            PERCEPTION.name, height, width, num_inference_steps, guidance_scale, window_frames, window_overlap_frames
         )
         callback_on_step_end_tensor_inputs = self.callback_tensor_names(
             callback_on_step_end, callback_on_step_end_tensor_inputs

@@ -37,6 +37,8 @@ import torch
 from diffusers import AutoencoderKLWan
 
 from ..modalities import decode_depth, decode_flow, decode_segmentation
+from ..pipelines import UnityVideoControlPipeline, UnityVideoPerceptionPipeline, UnityVideoPipeline
+from ..sampling import resolve_sampling_defaults
 from ..tasks import TASK_NAMES
 from ..video_io import load_frames
 from .world import (
@@ -324,7 +326,8 @@ def score_word_reading(scores: Scores, pipe, scene: dict, clip: Path, generator:
     """The relative increase of the joint task's RGB velocity error when one word of the prompt is swapped (the
     module docstring); the same noise for every prompt."""
     frames = {name: load_frames(clip / name) for name in ("rgb", "segmentation")}
-    pixels = torch.cat([pipe.video_processor.preprocess_video(f, height=64, width=64) for f in frames.values()])
+    height, width = frames["rgb"][0].height, frames["rgb"][0].width
+    pixels = torch.cat([pipe.video_processor.preprocess_video(f, height=height, width=width) for f in frames.values()])
     rgb, segmentation = pipe.encode_video(pixels, pipe.device).split(1)
     length = pipe.text_length()
     modality_text = pipe.encode_modality_prompt(["segmentation"], length, pipe.device, torch.float32)
@@ -360,23 +363,23 @@ def score_word_reading(scores: Scores, pipe, scene: dict, clip: Path, generator:
 def evaluate(
     model: str | Path,
     data: str | Path,
-    steps: int = 20,
+    steps: int | None = None,
     scheduler: str = "default",
     limit: int | None = None,
     seed: int = 0,
     jobs: tuple[str, ...] = JOBS,
-    guidance_scale: float = 3.0,
+    guidance_scale: float | None = None,
     shape_reader: ShapeReader | None = None,
     device: str = "cpu",
 ) -> dict:
     """Every metric of the module docstring for one model, sampler and step count (of `jobs` only; joint
-    includes the joint RGB-modality agreement). `guidance_scale` applies to the text-conditioned jobs (control and
+    includes the joint RGB-modality agreement). Clips are sampled at the world's size and length; `steps` and
+    `guidance_scale` left at None are the model folder's. `guidance_scale` applies to the text-conditioned jobs (control and
     joint); estimation runs without guidance. `shape_reader` reads the generated objects' shapes; None:
     `calibrate_shape_reader` on this model's VAE and the world `data` was written with. Noise is drawn on the CPU,
     so another `device` samples from the same starting points."""
     if unknown := set(jobs) - set(JOBS):
         raise ValueError(f"Unknown jobs {sorted(unknown)}; choose from {JOBS}.")
-    from ..pipelines import UnityVideoControlPipeline, UnityVideoPerceptionPipeline, UnityVideoPipeline
     from ..schedulers import scheduler_by_name
 
     pipe = UnityVideoPipeline.from_pretrained(model).to(device)
@@ -384,7 +387,8 @@ def evaluate(
     pipe.set_progress_bar_config(disable=True)
     perception = UnityVideoPerceptionPipeline.from_pipe(pipe)
     control = UnityVideoControlPipeline.from_pipe(pipe)
-    common = dict(height=64, width=64, num_inference_steps=steps)
+    world = read_world(data)
+    common = dict(height=world.height, width=world.width, num_inference_steps=steps)
     if "joint" in jobs and shape_reader is None:
         shape_reader = calibrate_shape_reader(pipe.vae, read_world(data))
     scores = Scores()
@@ -428,7 +432,7 @@ def evaluate(
             joint = pipe(
                 scene_prompt(scene),
                 modality="segmentation",
-                num_frames=17,
+                num_frames=world.frames,
                 generator=generator(),
                 guidance_scale=guidance_scale,
                 **common,
@@ -558,22 +562,29 @@ def of_jobs(scores: dict[str, float], jobs: tuple[str, ...]) -> dict[str, float]
 def evaluate_all(
     model: str | Path,
     data: str | Path,
-    steps: tuple[int, ...] = (20,),
+    steps: tuple[int, ...] | None = None,
     schedulers: tuple[str, ...] = ("default",),
     limit: int | None = None,
     jobs: tuple[str, ...] = JOBS,
-    guidance_scale: float = 3.0,
+    guidance_scale: float | None = None,
     baseline_model: str | Path | None = None,
     with_vae_ceiling: bool = False,
     shape_reader: str = "calibrated",
     device: str = "cpu",
 ) -> dict[str, dict[str, float]]:
     """The columns `unityvideo eval` prints: the trivial baselines, the model at every scheduler x step count, and
-    optionally an untrained `baseline_model` and the VAE's ceiling. One shape reader serves every column: calibrated
+    optionally an untrained `baseline_model` and the VAE's ceiling. `steps` and `guidance_scale` left at None are the
+    model folder's. One shape reader serves every column: calibrated
     on `model`'s VAE (`shape_reader="calibrated"`), or the exact shapes (`"exact"`)."""
     if shape_reader not in ("calibrated", "exact"):
         raise ValueError(f"shape_reader must be 'calibrated' or 'exact', got {shape_reader!r}.")
     jobs = tuple(jobs)
+    if steps is None:
+        steps = (
+            resolve_sampling_defaults(UnityVideoPipeline.load_config(model).get("sampling_defaults"))["joint"][
+                "num_inference_steps"
+            ],
+        )
     reader = EXACT_SHAPES
     if "joint" in jobs and shape_reader == "calibrated":
         vae = AutoencoderKLWan.from_pretrained(model, subfolder="vae").eval().to(device)

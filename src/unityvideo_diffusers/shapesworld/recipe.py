@@ -71,7 +71,11 @@ VAE = dict(
 TEXT_TOKENS = 32  # the world's longest prompt has 19; padding to Wan's 512 made half of a step cross-attention to pads
 NEIGHBOUR_OFFSETS = (0, -1, 1, 2)  # the text encoder's heads, each fixed on the token at this offset
 STREAMS = ("rgb", *MODALITY_COLUMNS)
-SAMPLING = {"steps": 20, "guidance_scale": 3.0}  # the CLI's defaults for this model, chosen with `unityvideo eval`
+# The model folder's sampling defaults (its size and length; steps and guidance chosen with `unityvideo eval`).
+SAMPLING_DEFAULTS = {
+    job: dict(height=64, width=64, num_frames=17, num_inference_steps=20, guidance_scale=guidance)
+    for job, guidance in (("joint", 3.0), ("control", 3.0), ("perception", 1.0))
+}
 # The transformer's run ends with a finishing phase on the same data, from the main phase's EMA weights. Optical flow
 # is the one estimate that compares frames, and it is learned late: spread over a whole run, 2.5x its share of the
 # estimation steps moved it 1.5 % (r16), while 20k steps of flow estimation alone from a trained model took it from
@@ -382,7 +386,12 @@ def build(
     transformer = UnityVideoTransformer3DModel(**TRANSFORMER)
     scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=5.0)
     UnityVideoPipeline(
-        tokenizer=tokenizer, text_encoder=text_encoder, transformer=transformer, vae=vae, scheduler=scheduler
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        transformer=transformer,
+        vae=vae,
+        scheduler=scheduler,
+        sampling_defaults=SAMPLING_DEFAULTS,
     ).save_pretrained(initial)
 
     seconds_per_step = time_training_step(transformer, vae, batch_size=4, frames=world.frames, size=world.height)
@@ -436,8 +445,6 @@ def build(
                 "train_clips": train_clips,
                 "captions": captions,
                 "seconds": round(time.perf_counter() - started),
-                "world": {k: DEMO_WORLD[k] for k in ("height", "width", "frames")},
-                "sampling": SAMPLING,
                 "exported_from": str(exported.relative_to(work)),
             },
             indent=2,
