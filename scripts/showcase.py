@@ -5,7 +5,8 @@
 Row 1, text -> video + depth: RGB and its generated depth for two prompts (one of them a held-out colour x shape pair).
 Row 2, depth -> video: a held-out clip's exact depth as the control, and the generated video.
 Row 3, video -> depth, segmentation and optical flow: a held-out clip, and the model's estimates.
-Frames are enlarged 2x (nearest) so the 64 x 64 model output stays legible.
+Each row is titled with its job and each video with its stream, and whether it is the truth or the model's; frames
+are enlarged 2x (nearest) so the 64 x 64 model output stays legible. About a minute on a 2-core CPU.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image, ImageDraw, ImageFont
 
 
 PROMPTS = (
@@ -25,17 +27,42 @@ PROMPTS = (
 )
 
 
-def tile(rows: list[list[np.ndarray]], scale: int = 2, gap: int = 2) -> np.ndarray:
-    """(F, H, W, 3) videos in [0, 1], as rows of columns -> one (F, H', W', 3) uint8 video with white gaps."""
+ROW_TITLE_HEIGHT = 16
+CAPTION_HEIGHT = 14
+
+
+def tile(
+    rows: list[list[np.ndarray]],
+    row_titles: list[str],
+    captions: list[list[str]],
+    scale: int = 2,
+    gap: int = 2,
+) -> np.ndarray:
+    """(F, H, W, 3) videos in [0, 1], as rows of columns -> one (F, H', W', 3) uint8 video on white: each row under its
+    title, each video under its caption. The labels are drawn once with PIL's built-in font, so no font file is
+    needed."""
+    if [len(row) for row in rows] != [len(row) for row in captions] or len(row_titles) != len(rows):
+        raise ValueError("tile needs one title per row and one caption per video")
     frames, height, width, _ = rows[0][0].shape
+    panel_height, panel_width = height * scale, width * scale
+    row_height = ROW_TITLE_HEIGHT + CAPTION_HEIGHT + panel_height
     columns = max(len(row) for row in rows)
-    canvas = np.ones((frames, len(rows) * (height * scale + gap) - gap, columns * (width * scale + gap) - gap, 3))
-    for r, row in enumerate(rows):
-        for c, video in enumerate(row):
-            big = video.repeat(scale, axis=1).repeat(scale, axis=2)
-            top, left = r * (height * scale + gap), c * (width * scale + gap)
-            canvas[:, top : top + height * scale, left : left + width * scale] = big
-    return (canvas * 255).round().astype(np.uint8)
+    page = Image.new("RGB", (columns * (panel_width + gap) - gap, len(rows) * (row_height + gap) - gap), "white")
+    draw = ImageDraw.Draw(page)
+    font = ImageFont.load_default()
+    panels = []
+    for r, (row, title, row_captions) in enumerate(zip(rows, row_titles, captions)):
+        top = r * (row_height + gap)
+        draw.text((2, top + 2), title, fill="black", font=font)
+        for c, (video, caption) in enumerate(zip(row, row_captions)):
+            left = c * (panel_width + gap)
+            draw.text((left + 2, top + ROW_TITLE_HEIGHT), caption, fill=(90, 90, 90), font=font)
+            panels.append((top + ROW_TITLE_HEIGHT + CAPTION_HEIGHT, left, video))
+    canvas = np.repeat(np.asarray(page)[None], frames, axis=0)
+    for top, left, video in panels:
+        big = video.repeat(scale, axis=1).repeat(scale, axis=2)
+        canvas[:, top : top + panel_height, left : left + panel_width] = (big * 255).round().astype(np.uint8)
+    return canvas
 
 
 def main() -> None:
@@ -91,7 +118,19 @@ def main() -> None:
             perception(video=str(clip / "rgb"), modality=m, generator=generator(), **common).modality_frames[0]
             for m in ("depth", "segmentation", "raft")
         ]
-    video = tile([joint_row, [depth, controlled], [rgb, *estimates]])
+    video = tile(
+        [joint_row, [depth, controlled], [rgb, *estimates]],
+        [
+            "text -> video + depth   (blue ball: a held-out pair; yellow triangle: a seen one)",
+            "depth -> video   (control: a held-out clip's depth)",
+            "video -> depth, segmentation, flow   (a held-out clip)",
+        ],
+        [
+            ["model: RGB", "model: depth", "model: RGB", "model: depth"],
+            ["truth: depth", "model: RGB"],
+            ["truth: RGB", "model: depth", "model: segmentation", "model: flow"],
+        ],
+    )
     print(f"wrote {save_video(video, args.output, fps=8)}")
 
 
