@@ -6,7 +6,7 @@ Row 1, text -> video + depth: RGB and its generated depth for two prompts (one o
 Row 2, depth -> video: a held-out clip's exact depth as the control, and the generated video.
 Row 3, video -> depth, segmentation and optical flow: a held-out clip, and the model's estimates.
 Each row is titled with its job and each video with its stream, and whether it is the truth or the model's; frames
-are enlarged 2x (nearest) so the 64 x 64 model output stays legible. About a minute on a 2-core CPU.
+are enlarged 2x (nearest) so the 64 x 64 model output stays legible. A few minutes on a 2-core CPU.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ PROMPTS = (
 )
 
 
-ROW_TITLE_HEIGHT = 16
-CAPTION_HEIGHT = 14
+ROW_TITLE_HEIGHT = 18
+CAPTION_HEIGHT = 15
 
 
 def tile(
@@ -39,8 +39,8 @@ def tile(
     gap: int = 2,
 ) -> np.ndarray:
     """(F, H, W, 3) videos in [0, 1], as rows of columns -> one (F, H', W', 3) uint8 video on white: each row under its
-    title, each video under its caption. The labels are drawn once with PIL's built-in font, so no font file is
-    needed."""
+    title, each video under its caption. The labels are drawn once with PIL's built-in font (scalable from Pillow
+    10.1), so no font file is needed."""
     if [len(row) for row in rows] != [len(row) for row in captions] or len(row_titles) != len(rows):
         raise ValueError("tile needs one title per row and one caption per video")
     frames, height, width, _ = rows[0][0].shape
@@ -49,14 +49,14 @@ def tile(
     columns = max(len(row) for row in rows)
     page = Image.new("RGB", (columns * (panel_width + gap) - gap, len(rows) * (row_height + gap) - gap), "white")
     draw = ImageDraw.Draw(page)
-    font = ImageFont.load_default()
+    title_font, caption_font = ImageFont.load_default(size=13), ImageFont.load_default(size=11)
     panels = []
     for r, (row, title, row_captions) in enumerate(zip(rows, row_titles, captions)):
         top = r * (row_height + gap)
-        draw.text((2, top + 2), title, fill="black", font=font)
+        draw.text((2, top + 2), title, fill="black", font=title_font)
         for c, (video, caption) in enumerate(zip(row, row_captions)):
             left = c * (panel_width + gap)
-            draw.text((left + 2, top + ROW_TITLE_HEIGHT), caption, fill=(90, 90, 90), font=font)
+            draw.text((left + 2, top + ROW_TITLE_HEIGHT), caption, fill=(70, 70, 70), font=caption_font)
             panels.append((top + ROW_TITLE_HEIGHT + CAPTION_HEIGHT, left, video))
     canvas = np.repeat(np.asarray(page)[None], frames, axis=0)
     for top, left, video in panels:
@@ -121,7 +121,7 @@ def main() -> None:
     video = tile(
         [joint_row, [depth, controlled], [rgb, *estimates]],
         [
-            "text -> video + depth   (blue ball: a held-out pair; yellow triangle: a seen one)",
+            "text -> video + depth   (blue ball: a held-out pair, yellow triangle: a seen one)",
             "depth -> video   (control: a held-out clip's depth)",
             "video -> depth, segmentation, flow   (a held-out clip)",
         ],
