@@ -72,7 +72,6 @@ def main() -> None:
         UnityVideoPerceptionPipeline,
         UnityVideoPipeline,
     )
-    from unityvideo_diffusers.jobs import recipe_defaults
     from unityvideo_diffusers.shapesworld.evaluation import scene_prompt
     from unityvideo_diffusers.shapesworld.world import DEMO_WORLD, WorldConfig, write_split
     from unityvideo_diffusers.video_io import load_frames, save_video
@@ -80,26 +79,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=str(DEMO_MODEL))
     parser.add_argument("--output", default="docs/assets/demo.gif")
-    parser.add_argument("--steps", type=int, help="default: the model's recipe.json, else 20")
+    parser.add_argument("--steps", type=int, help="default: the model folder's, per job")
     parser.add_argument(
-        "--guidance-scale", type=float, help="for the text-conditioned rows; default as --steps, else 5"
+        "--guidance-scale", type=float, help="for the text-conditioned rows; default: the model folder's"
     )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    sampling = recipe_defaults(args.model)
-    steps = sampling.get("steps", 20) if args.steps is None else args.steps
-    guidance = sampling.get("guidance_scale", 5.0) if args.guidance_scale is None else args.guidance_scale
 
     pipe = UnityVideoPipeline.from_pretrained(args.model)
     pipe.set_progress_bar_config(disable=True)
     control = UnityVideoControlPipeline.from_pipe(pipe)
     perception = UnityVideoPerceptionPipeline.from_pipe(pipe)
-    common = dict(height=64, width=64, num_inference_steps=steps)
+    # sizes, and steps and guidance left at None, are the model folder's defaults for each job
+    steps, guidance = args.steps, args.guidance_scale
     generator = lambda: torch.Generator().manual_seed(args.seed)  # noqa: E731
 
     joint_row = []
     for prompt in PROMPTS:
-        out = pipe(prompt, modality="depth", num_frames=17, guidance_scale=guidance, generator=generator(), **common)
+        out = pipe(prompt, modality="depth", num_inference_steps=steps, guidance_scale=guidance, generator=generator())
         joint_row += [out.frames[0], out.modality_frames[0]]
     with tempfile.TemporaryDirectory() as folder:
         clip = write_split(Path(folder), "eval", 2, seed=7, config=WorldConfig(**DEMO_WORLD)).parent / "00001"
@@ -110,12 +107,14 @@ def main() -> None:
             prompt,
             control_video=str(clip / "depth"),
             modality="depth",
+            num_inference_steps=steps,
             guidance_scale=guidance,
             generator=generator(),
-            **common,
         ).frames[0]
         estimates = [
-            perception(video=str(clip / "rgb"), modality=m, generator=generator(), **common).modality_frames[0]
+            perception(
+                video=str(clip / "rgb"), modality=m, num_inference_steps=steps, generator=generator()
+            ).modality_frames[0]
             for m in ("depth", "segmentation", "raft")
         ]
     video = tile(
