@@ -15,7 +15,7 @@
    not reached after 500 (it was at 0.42, and spiking). 8x rather than Wan2.2's 16x: at 64 x 64, 16x leaves 2 x 2
    tokens per frame after the transformer's patch, too coarse for objects a few pixels wide; 8x keeps 4 x 4. (4x VAEs
    with finer tokens reconstruct shape and motion better, but a transformer step costs more and, in this budget, the
-   transformers behind them estimated far worse: docs/demo_model.md.) The pipelines take any such VAE from its config.
+   transformers behind them estimated far worse: docs/research/shapesworld_runs.md.) The pipelines take any such VAE from its config.
 4. A small UnityVideoTransformer3DModel for ShapesWorld's modalities, trained with the multi-task recipe
    (`unityvideo_diffusers.training`), its RGB loss weighted towards the objects and its blocks compiled, then a
    finishing phase from its EMA weights that gives half of its steps to estimating optical flow (FINISH), until the
@@ -208,7 +208,7 @@ def train_vae(
 
     Objects are a few percent of the pixels, and unweighted the VAE spends itself on the background: at equal time
     (24 min, 8x VAE) `object_weight` 10 against 0 left 1 against 8 of 40 objects vanished in reconstruction
-    (docs/demo_model.md has the other measurements).
+    (docs/research/shapesworld_runs.md has the other measurements).
 
     Windows span whole clips: the causal VAE treats its first, second and later latent frames differently (through
     its frame cache), and one trained on 5-frame windows reconstructed frames 9-17 at 13-20 dB PSNR against 19-27 dB
