@@ -40,6 +40,6 @@ def resolve_task(name: str) -> Task:
         raise TypeError(f"A task is named by a string, got {type(name).__name__}.")
     task = _BY_NAME.get(name.strip().lower())
     if task is None:
-        known = "; ".join(f"{task.name} (also {', '.join((task.verb, *task.aliases))})" for task in TASKS)
-        raise ValueError(f"Unknown task {name!r}. Known: {known}.")
+        other_names = ", ".join(f"{task.name}: {', '.join((task.verb, *task.aliases))}" for task in TASKS)
+        raise ValueError(f"Unknown task {name!r}. Known: {', '.join(TASK_NAMES)} (also {other_names}).")
     return task
