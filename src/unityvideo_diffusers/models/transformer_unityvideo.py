@@ -291,9 +291,11 @@ def _version(tensor: torch.Tensor) -> int | None:
 
 
 def _module_state(module: nn.Module) -> list:
-    """What a module's output depends on besides its input: its parameters (identity, place, in-place edits) and, for
+    """What a module's output depends on besides its input: its parameters (identity, data, in-place edits) and, for
     PEFT LoRA layers, the active adapters, their scales (`attention_kwargs={"scale": ...}`, `set_adapters`) and
-    whether they are merged or disabled."""
+    whether they are merged or disabled. Checked at every step: a plain layer takes the short way."""
+    if not module._modules:
+        return [(id(p), _version(p), p.data_ptr()) for p in module._parameters.values() if p is not None]
     state = []
     for sub in module.modules():
         if hasattr(sub, "scaling") and hasattr(sub, "active_adapters"):
@@ -305,7 +307,7 @@ def _module_state(module: nn.Module) -> list:
                     tuple(sorted(sub.scaling.items())),
                 )
             )
-    state.extend((id(p), _version(p), p.data_ptr(), p.dtype, p.device) for p in module.parameters())
+    state.extend((id(p), _version(p), p.data_ptr()) for p in module.parameters())  # moves and casts: new data
     return state
 
 
@@ -509,18 +511,20 @@ class UnityVideoTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, Ca
     # ------------------------------------------------------------------ reuse across denoising steps
 
     @contextmanager
-    def cache_text_projections(self) -> Iterator[TextProjectionCache]:
+    def cache_text_projections(self) -> Iterator[TextProjectionCache | None]:
         """
         Within this context, forward passes without gradients compute the text embedding and every block's
         cross-attention keys and values once per set of texts and reuse them. A denoising loop calls the model with
         the same texts at every step, so this saves 2 * num_layers projections of L text tokens per step, with
         bit-identical results. A text is recognised as the same tensor object, unmodified; any change of the weights
         involved or of LoRA scales, adapters or merging computes anew. Left out: training (gradients),
-        block-level group offloading (the projections run outside the blocks' onload hooks), attention processors
+        group offloading enabled on entry (the projections run outside the blocks' onload hooks), attention processors
         other than `UnityVideoCrossAttnProcessor` and inference-mode tensors (no modification counter). The cache
         is emptied on exit.
         """
-        outer, self._text_cache = self._text_cache, TextProjectionCache()
+        # the projections run outside the blocks' forward, so outside block-level offloading's onload hooks
+        cache = None if _is_group_offload_enabled(self) else TextProjectionCache()
+        outer, self._text_cache = self._text_cache, cache
         try:
             yield self._text_cache
         finally:
@@ -534,13 +538,12 @@ class UnityVideoTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, Ca
         if (
             self._text_cache is None
             or torch.is_grad_enabled()
-            or _is_group_offload_enabled(self)
             or not all(isinstance(block.attn2.processor, UnityVideoCrossAttnProcessor) for block in self.blocks)
         ):
             return None
         texts = (rgb_text, modality_text)
         state = [(id(text), _version(text)) for text in texts if text is not None]
-        for module in (self.condition_embedder.text_embedder, *(block.attn2 for block in self.blocks)):
+        for module in self._text_projection_modules():
             state.extend(_module_state(module))
         if any(None in item for item in state):
             return None
@@ -552,6 +555,15 @@ class UnityVideoTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, Ca
             entry = _TextProjections(texts, key, encoder_hidden_states, key_values)
             self._text_cache.entries.append(entry)
         return entry
+
+    def _text_projection_modules(self) -> list[nn.Module]:
+        """The layers between a text and its cross-attention keys and values."""
+        modules = [self.condition_embedder.text_embedder]
+        for block in self.blocks:
+            attn = block.attn2
+            modules += [attn.to_kv] if attn.fused_projections else [attn.to_k, attn.to_v]
+            modules.append(attn.norm_k)
+        return modules
 
     def _embed_texts(
         self, rgb_text: torch.Tensor, modality_text: torch.Tensor | None, num_streams: int
