@@ -49,15 +49,15 @@ def main() -> None:
 
     plain_model = copy.deepcopy(model)  # never inside the cache context
 
+    # per batch size: the inputs, made once (the modality prompt is one tensor for the whole call in a pipeline)
+    batches = {
+        batch: [torch.cat([x] * batch) for x in (latents, timestep, modality_latents, texts["modality"])]
+        for batch in (1, 2)
+    }
+
     def forward(text, batch=1, model=model):
-        model(
-            torch.cat([latents] * batch),
-            timestep.expand(batch),
-            text,
-            torch.cat([modality_latents] * batch),
-            torch.cat([texts["modality"]] * batch),
-            modality="depth",
-        )
+        latents, timestep, modality_latents, modality_text = batches[batch]
+        model(latents, timestep, text, modality_latents, modality_text, modality="depth")
 
     settings = {
         "plain": lambda: [forward(texts[name], model=plain_model) for name in ("prompt", "negative")],

@@ -90,8 +90,19 @@ def test_replaced_or_modified_texts_and_weights_are_projected_anew(tiny_model):
     plain = list(changes(copy.deepcopy(tiny_model), random_inputs()))
     with tiny_model.cache_text_projections() as cache:
         reused = list(changes(tiny_model, random_inputs()))
-        assert len(cache.entries) == 4
+        assert len(cache.entries) == 3  # the replaced text was freed, its entry dropped
     assert_equal_outputs(reused, plain)
+
+
+@torch.no_grad()
+def test_entries_of_freed_texts_are_dropped(tiny_model):
+    inputs = random_inputs()
+    with tiny_model.cache_text_projections() as cache:
+        for _ in range(3):  # a new text tensor at every call: a miss each time, but no growing cache
+            tiny_model(
+                **{**inputs, "encoder_hidden_states": inputs["encoder_hidden_states"].clone()}, modality="depth"
+            )
+        assert len(cache.entries) == 1
 
 
 @torch.no_grad()

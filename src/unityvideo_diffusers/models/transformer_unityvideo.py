@@ -16,6 +16,7 @@ reused at every step: the same operations on the same inputs, so the result is b
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -315,20 +316,31 @@ def _module_state(module: nn.Module) -> list:
 class _TextProjections:
     """The text embedding (B, K, L, D) and every block's cross-attention keys and values of one set of texts."""
 
-    texts: tuple[torch.Tensor | None, ...]  # the inputs, held so that their ids stay theirs
-    key: tuple
+    texts: tuple[weakref.ref | None, ...]  # the texts as passed to forward, not kept alive by the cache
+    key: tuple  # what else they depend on: the texts' modification counters, the layers' state
     encoder_hidden_states: torch.Tensor
     key_values: list[tuple[torch.Tensor, torch.Tensor]]
+
+    def alive(self) -> bool:
+        return all(ref is None or ref() is not None for ref in self.texts)
+
+    def serves(self, texts: tuple[torch.Tensor | None, ...], key: tuple) -> bool:
+        same = all(
+            (ref is None and t is None) or (ref is not None and ref() is t) for ref, t in zip(self.texts, texts)
+        )
+        return same and self.key == key
 
 
 @dataclass
 class TextProjectionCache:
-    """The texts' projections computed inside one `cache_text_projections()` context (one denoising call)."""
+    """The texts' projections computed inside one `cache_text_projections()` context (one denoising call). An entry
+    whose text was freed can serve no later call and is dropped, so passing new texts at every call costs no memory."""
 
     entries: list[_TextProjections] = field(default_factory=list)
 
-    def find(self, key: tuple) -> _TextProjections | None:
-        return next((entry for entry in self.entries if entry.key == key), None)
+    def find(self, texts: tuple[torch.Tensor | None, ...], key: tuple) -> _TextProjections | None:
+        self.entries = [entry for entry in self.entries if entry.alive()]
+        return next((entry for entry in self.entries if entry.serves(texts, key)), None)
 
 
 def _resolve_or_none(resolve, name):
@@ -542,17 +554,18 @@ class UnityVideoTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, Ca
         ):
             return None
         texts = (rgb_text, modality_text)
-        state = [(id(text), _version(text)) for text in texts if text is not None]
+        state = [(_version(text),) for text in texts if text is not None]
         for module in self._text_projection_modules():
             state.extend(_module_state(module))
         if any(None in item for item in state):
             return None
-        key = (num_streams, modality_text is None, tuple(state))
-        entry = self._text_cache.find(key)
+        key = (num_streams, tuple(state))
+        entry = self._text_cache.find(texts, key)
         if entry is None:
             encoder_hidden_states = self._embed_texts(rgb_text, modality_text, num_streams)
             key_values = [block.text_key_value(encoder_hidden_states) for block in self.blocks]
-            entry = _TextProjections(texts, key, encoder_hidden_states, key_values)
+            refs = tuple(None if text is None else weakref.ref(text) for text in texts)
+            entry = _TextProjections(refs, key, encoder_hidden_states, key_values)
             self._text_cache.entries.append(entry)
         return entry
 
