@@ -128,22 +128,18 @@ class UnityVideoCrossAttnProcessor(WanAttnProcessor):
 class UnityVideoRotaryPosEmbed(WanRotaryPosEmbed):
     """Wan's 3D RoPE for `num_streams` grids side by side: stream k holds width positions k*w .. (k+1)*w - 1.
 
-    Returns the rotations as one complex table `cos + i sin` of shape `(1, num_streams * f * h * w, 1, head_dim / 2)`
-    in stream-major token order (Wan's cos and sin values, each pair of channels one complex number): applied by
-    `apply_rotary_emb` in one complex multiplication instead of Wan's eight strided element-wise passes.
+    Returns `(cos, sin)` of shape `(1, num_streams * f * h * w, 1, head_dim)` in stream-major token order.
     """
 
-    def forward(self, hidden_states: torch.Tensor, num_streams: int = 1) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, num_streams: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         _, _, num_frames, height, width = hidden_states.shape
         p_t, p_h, p_w = self.patch_size
         grid = (num_frames // p_t, height // p_h, width // p_w)
-        # Wan's tables repeat each value for the two channels of a pair: one of each pair is the rotation
-        cos, sin = self.freqs_cos[:, 0::2], self.freqs_sin[:, 1::2]
-        return torch.complex(self._table(cos, grid, num_streams), self._table(sin, grid, num_streams))
+        return self._table(self.freqs_cos, grid, num_streams), self._table(self.freqs_sin, grid, num_streams)
 
     def _table(self, freqs: torch.Tensor, grid: tuple[int, int, int], num_streams: int) -> torch.Tensor:
         f, h, w = grid
-        t_part, h_part, w_part = freqs.split([self.t_dim // 2, self.h_dim // 2, self.w_dim // 2], dim=1)
+        t_part, h_part, w_part = freqs.split([self.t_dim, self.h_dim, self.w_dim], dim=1)
         shape = (num_streams, f, h, w, -1)
         table = torch.cat(
             [
@@ -154,50 +150,6 @@ class UnityVideoRotaryPosEmbed(WanRotaryPosEmbed):
             dim=-1,
         )
         return table.reshape(1, num_streams * f * h * w, 1, -1)
-
-
-def apply_rotary_emb(hidden_states: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
-    """Rotate channel pairs (0, 1), (2, 3), ... of (B, S, heads, head_dim) by the complex table (1, S, 1, head_dim/2):
-    Wan's rotation, computed in float32 at least as Wan does."""
-    pairs = torch.view_as_complex(hidden_states.float().unflatten(-1, (-1, 2)))
-    return torch.view_as_real(pairs * rotation).flatten(-2).type_as(hidden_states)
-
-
-class UnityVideoSelfAttnProcessor(WanAttnProcessor):
-    """`WanAttnProcessor` for self-attention with the rotary table of `UnityVideoRotaryPosEmbed` (one complex
-    multiplication per tensor). Attention goes through diffusers' backend dispatch (`set_attention_backend` applies)."""
-
-    def __call__(
-        self,
-        attn: WanAttention,
-        hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        rotary_emb: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        if encoder_hidden_states is not None or attn.add_k_proj is not None:
-            raise ValueError("UnityVideoSelfAttnProcessor serves self-attention only.")
-        if attn.fused_projections:
-            query, key, value = attn.to_qkv(hidden_states).chunk(3, dim=-1)
-        else:
-            query, key, value = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
-        query = attn.norm_q(query).unflatten(2, (attn.heads, -1))
-        key = attn.norm_k(key).unflatten(2, (attn.heads, -1))
-        value = value.unflatten(2, (attn.heads, -1))
-        if rotary_emb is not None:
-            query, key = apply_rotary_emb(query, rotary_emb), apply_rotary_emb(key, rotary_emb)
-        hidden_states = dispatch_attention_fn(
-            query,
-            key,
-            value,
-            attn_mask=attention_mask,
-            dropout_p=0.0,
-            is_causal=False,
-            backend=self._attention_backend,
-            parallel_config=self._parallel_config,
-        )
-        hidden_states = hidden_states.flatten(2, 3).type_as(query)
-        return attn.to_out[1](attn.to_out[0](hidden_states))
 
 
 class UnityVideoTransformerBlock(WanTransformerBlock):
@@ -219,7 +171,6 @@ class UnityVideoTransformerBlock(WanTransformerBlock):
         num_modality_tables: int = 0,
     ):
         super().__init__(dim, ffn_dim, num_heads, qk_norm, cross_attn_norm, eps)
-        self.attn1.set_processor(UnityVideoSelfAttnProcessor())
         self.attn2.set_processor(UnityVideoCrossAttnProcessor())
         self.modality_scale_shift_table = (
             nn.Parameter(torch.zeros(num_modality_tables, 6, dim)) if num_modality_tables else None
@@ -230,7 +181,7 @@ class UnityVideoTransformerBlock(WanTransformerBlock):
         hidden_states: torch.Tensor,
         encoder_hidden_states: torch.Tensor,
         temb: torch.Tensor,
-        rotary_emb: torch.Tensor,
+        rotary_emb: tuple[torch.Tensor, torch.Tensor],
         modality_ids: torch.LongTensor | None = None,
         text_key_value: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
