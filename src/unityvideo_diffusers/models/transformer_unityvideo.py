@@ -7,25 +7,35 @@ tokens, then all modality tokens. Self-attention, norms and the FFN act per toke
 order-free once positions are in the rotary tables, so the result is the same, while each stream is
 a plain slice: cross-attention runs both streams as one batch of 2B sequences (each stream against
 its own prompt) with no gather or scatter per block.
+
+The keys and values of cross-attention depend only on the texts and the weights, not on the latents or the
+timestep. Inside `cache_text_projections()` (the pipelines' denoising loop) they are computed once per text and
+reused at every step: the same operations on the same inputs, so the result is bit-identical.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+import weakref
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn as nn
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
+from diffusers.hooks.group_offloading import _is_group_offload_enabled
 from diffusers.loaders import PeftAdapterMixin
 from diffusers.models.attention import AttentionMixin
+from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.cache_utils import CacheMixin
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.normalization import FP32LayerNorm
 from diffusers.models.transformers.transformer_wan import (
+    WanAttention,
+    WanAttnProcessor,
     WanRotaryPosEmbed,
     WanTimeTextImageEmbedding,
     WanTransformer3DModel,
@@ -68,6 +78,51 @@ class Float64Timesteps(nn.Module):
         frequencies = torch.pow(10000.0, -torch.arange(half, dtype=dtype, device=timesteps.device) / half)
         angles = timesteps.to(dtype)[:, None] * frequencies[None]
         return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1).float()
+
+
+def cross_attention_key_value(attn: WanAttention, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-attention keys (RMS-normed) and values of `text` (S, L, D), split into heads: (S, L, heads, head_dim)
+    each. The operations of diffusers' `WanAttnProcessor` for a text-only cross-attention, in the same order."""
+    if attn.fused_projections:
+        key, value = attn.to_kv(text).chunk(2, dim=-1)
+    else:
+        key, value = attn.to_k(text), attn.to_v(text)
+    key = attn.norm_k(key)
+    return key.unflatten(2, (attn.heads, -1)), value.unflatten(2, (attn.heads, -1))
+
+
+class UnityVideoCrossAttnProcessor(WanAttnProcessor):
+    """
+    `WanAttnProcessor` for text cross-attention that can take the text's keys and values precomputed
+    (`text_key_value`, from `cross_attention_key_value`), so that they are projected once per denoising call rather
+    than at every step. Attention goes through diffusers' backend dispatch (`set_attention_backend` applies).
+    """
+
+    def __call__(
+        self,
+        attn: WanAttention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+        text_key_value: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        if attn.add_k_proj is not None or rotary_emb is not None:
+            raise ValueError("UnityVideoCrossAttnProcessor serves text cross-attention only (no image keys, no RoPE).")
+        key, value = text_key_value or cross_attention_key_value(attn, encoder_hidden_states)
+        query = attn.norm_q(attn.to_q(hidden_states)).unflatten(2, (attn.heads, -1))
+        hidden_states = dispatch_attention_fn(
+            query,
+            key,
+            value,
+            attn_mask=attention_mask,
+            dropout_p=0.0,
+            is_causal=False,
+            backend=self._attention_backend,
+            parallel_config=None,
+        )
+        hidden_states = hidden_states.flatten(2, 3).type_as(query)
+        return attn.to_out[1](attn.to_out[0](hidden_states))
 
 
 class UnityVideoRotaryPosEmbed(WanRotaryPosEmbed):
@@ -116,6 +171,7 @@ class UnityVideoTransformerBlock(WanTransformerBlock):
         num_modality_tables: int = 0,
     ):
         super().__init__(dim, ffn_dim, num_heads, qk_norm, cross_attn_norm, eps)
+        self.attn2.set_processor(UnityVideoCrossAttnProcessor())
         self.modality_scale_shift_table = (
             nn.Parameter(torch.zeros(num_modality_tables, 6, dim)) if num_modality_tables else None
         )
@@ -127,11 +183,14 @@ class UnityVideoTransformerBlock(WanTransformerBlock):
         temb: torch.Tensor,
         rotary_emb: tuple[torch.Tensor, torch.Tensor],
         modality_ids: torch.LongTensor | None = None,
+        text_key_value: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """
         hidden_states (B, K*N, D): K streams of N tokens, stream-major. encoder_hidden_states (B, K, L, D): the text
         of each stream. temb (B, 6, D) per sample, or (B, T, 6, D) per token with T = N (shared by the streams)
         or T = K*N. modality_ids (B,): selects the AdaLN table rows of the modality stream (stream 1).
+        text_key_value: this block's cross-attention keys and values of the texts (`text_key_value()`), when
+        precomputed.
         """
         batch_size, seq_len, dim = hidden_states.shape
         num_streams = encoder_hidden_states.shape[1]
@@ -148,7 +207,10 @@ class UnityVideoTransformerBlock(WanTransformerBlock):
 
         # 2. Cross-attention: every stream to its own text, as B*K independent sequences
         norm_hidden_states = self.norm2(streams.float()).type_as(streams)
-        attn_output = self.attn2(norm_hidden_states.flatten(0, 1), encoder_hidden_states.flatten(0, 1), None, None)
+        precomputed = {} if text_key_value is None else {"text_key_value": text_key_value}
+        attn_output = self.attn2(
+            norm_hidden_states.flatten(0, 1), encoder_hidden_states.flatten(0, 1), None, None, **precomputed
+        )
         streams = streams + attn_output.view_as(streams)
 
         # 3. Feed-forward
@@ -157,6 +219,10 @@ class UnityVideoTransformerBlock(WanTransformerBlock):
         streams = (streams.float() + ff_output.float() * c_gate_msa).type_as(streams)
 
         return streams.flatten(1, 2)
+
+    def text_key_value(self, encoder_hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The cross-attention keys and values of the texts (B, K, L, D), as `forward` computes them."""
+        return cross_attention_key_value(self.attn2, encoder_hidden_states.flatten(0, 1))
 
     def _modulation(
         self, temb: torch.Tensor, num_streams: int, tokens: int, modality_ids: torch.LongTensor | None
@@ -169,6 +235,63 @@ class UnityVideoTransformerBlock(WanTransformerBlock):
             per_stream = torch.stack([torch.zeros_like(modality_rows), modality_rows], dim=1)
             modulation = modulation + per_stream[:, :, None].float()
         return modulation
+
+
+def _version(tensor: torch.Tensor) -> int | None:
+    """A tensor's in-place modification counter; `None` for inference tensors, which keep none."""
+    return None if tensor.is_inference() else tensor._version
+
+
+def _module_state(module: nn.Module) -> list:
+    """What a module's output depends on besides its input: its parameters (identity, data, in-place edits) and, for
+    PEFT LoRA layers, the active adapters, their scales (`attention_kwargs={"scale": ...}`, `set_adapters`) and
+    whether they are merged or disabled. Checked at every step: a plain layer takes the short way."""
+    if not module._modules:
+        return [(id(p), _version(p), p.data_ptr()) for p in module._parameters.values() if p is not None]
+    state = []
+    for sub in module.modules():
+        if hasattr(sub, "scaling") and hasattr(sub, "active_adapters"):
+            state.append(
+                (
+                    tuple(sub.active_adapters),
+                    sub.disable_adapters,
+                    tuple(sub.merged_adapters),
+                    tuple(sorted(sub.scaling.items())),
+                )
+            )
+    state.extend((id(p), _version(p), p.data_ptr()) for p in module.parameters())  # moves and casts: new data
+    return state
+
+
+@dataclass
+class _TextProjections:
+    """The text embedding (B, K, L, D) and every block's cross-attention keys and values of one set of texts."""
+
+    texts: tuple[weakref.ref | None, ...]  # the texts as passed to forward, not kept alive by the cache
+    key: tuple  # what else they depend on: the texts' modification counters, the layers' state
+    encoder_hidden_states: torch.Tensor
+    key_values: list[tuple[torch.Tensor, torch.Tensor]]
+
+    def alive(self) -> bool:
+        return all(ref is None or ref() is not None for ref in self.texts)
+
+    def serves(self, texts: tuple[torch.Tensor | None, ...], key: tuple) -> bool:
+        same = all(
+            (ref is None and t is None) or (ref is not None and ref() is t) for ref, t in zip(self.texts, texts)
+        )
+        return same and self.key == key
+
+
+@dataclass
+class TextProjectionCache:
+    """The texts' projections computed inside one `cache_text_projections()` context (one denoising call). An entry
+    whose text was freed can serve no later call and is dropped, so passing new texts at every call costs no memory."""
+
+    entries: list[_TextProjections] = field(default_factory=list)
+
+    def find(self, texts: tuple[torch.Tensor | None, ...], key: tuple) -> _TextProjections | None:
+        self.entries = [entry for entry in self.entries if entry.alive()]
+        return next((entry for entry in self.entries if entry.serves(texts, key)), None)
 
 
 def _resolve_or_none(resolve, name):
@@ -273,6 +396,7 @@ class UnityVideoTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, Ca
         self.modality_scale_shift_table = nn.Parameter(torch.randn(1, 2, inner_dim) / inner_dim**0.5)
 
         self.gradient_checkpointing = False
+        self._text_cache: TextProjectionCache | None = None
 
     # ------------------------------------------------------------------ construction helpers
 
@@ -347,6 +471,71 @@ class UnityVideoTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, Ca
                 block.modality_scale_shift_table = nn.Parameter(grown, requires_grad=table.requires_grad)
         self.register_to_config(modalities=[*self.config.modalities, name])
 
+    # ------------------------------------------------------------------ reuse across denoising steps
+
+    @contextmanager
+    def cache_text_projections(self) -> Iterator[TextProjectionCache | None]:
+        """
+        Within this context, forward passes without gradients compute the text embedding and every block's
+        cross-attention keys and values once per set of texts and reuse them. A denoising loop calls the model with
+        the same texts at every step, so this saves 2 * num_layers projections of L text tokens per step, with
+        bit-identical results. A text is recognised as the same tensor object, unmodified; any change of the weights
+        involved or of LoRA scales, adapters or merging computes anew. Left out: training (gradients),
+        group offloading enabled on entry (the projections run outside the blocks' onload hooks), attention processors
+        other than `UnityVideoCrossAttnProcessor` and inference-mode tensors (no modification counter). The cache
+        is emptied on exit.
+        """
+        # the projections run outside the blocks' forward, so outside block-level offloading's onload hooks
+        cache = None if _is_group_offload_enabled(self) else TextProjectionCache()
+        outer, self._text_cache = self._text_cache, cache
+        try:
+            yield self._text_cache
+        finally:
+            self._text_cache = outer
+
+    def _cached_text_projections(
+        self, rgb_text: torch.Tensor, modality_text: torch.Tensor | None, num_streams: int
+    ) -> _TextProjections | None:
+        """The projections of the stream texts as passed to forward, from the cache, computed on a miss; `None` when
+        there is no cache or it cannot serve this call."""
+        if (
+            self._text_cache is None
+            or torch.is_grad_enabled()
+            or not all(isinstance(block.attn2.processor, UnityVideoCrossAttnProcessor) for block in self.blocks)
+        ):
+            return None
+        texts = (rgb_text, modality_text)
+        state = [(_version(text),) for text in texts if text is not None]
+        for module in self._text_projection_modules():
+            state.extend(_module_state(module))
+        if any(None in item for item in state):
+            return None
+        key = (num_streams, tuple(state))
+        entry = self._text_cache.find(texts, key)
+        if entry is None:
+            encoder_hidden_states = self._embed_texts(rgb_text, modality_text, num_streams)
+            key_values = [block.text_key_value(encoder_hidden_states) for block in self.blocks]
+            refs = tuple(None if text is None else weakref.ref(text) for text in texts)
+            entry = _TextProjections(refs, key, encoder_hidden_states, key_values)
+            self._text_cache.entries.append(entry)
+        return entry
+
+    def _text_projection_modules(self) -> list[nn.Module]:
+        """The layers between a text and its cross-attention keys and values."""
+        modules = [self.condition_embedder.text_embedder]
+        for block in self.blocks:
+            attn = block.attn2
+            modules += [attn.to_kv] if attn.fused_projections else [attn.to_k, attn.to_v]
+            modules.append(attn.norm_k)
+        return modules
+
+    def _embed_texts(
+        self, rgb_text: torch.Tensor, modality_text: torch.Tensor | None, num_streams: int
+    ) -> torch.Tensor:
+        """The text of each stream, embedded: (B, K, L, D). Without a modality text the RGB text serves both."""
+        texts = [rgb_text] if num_streams == 1 else [rgb_text, rgb_text if modality_text is None else modality_text]
+        return self.condition_embedder.text_embedder(torch.stack(texts, dim=1))
+
     # ------------------------------------------------------------------ forward
 
     @apply_lora_scale("attention_kwargs")
@@ -401,23 +590,28 @@ class UnityVideoTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, Ca
             hidden_states = torch.cat([hidden_states, modality_tokens], dim=1)
         hidden_states = hidden_states.contiguous()
 
-        # 2. Text of each stream (B, K, L, D), time embedding shared by the streams
-        texts = [encoder_hidden_states]
-        if modality_hidden_states is not None:
-            texts.append(
-                encoder_hidden_states if modality_encoder_hidden_states is None else modality_encoder_hidden_states
+        # 2. Text of each stream (B, K, L, D) and, when cached, every block's keys and values of it; time embedding
+        # shared by the streams
+        cached = self._cached_text_projections(encoder_hidden_states, modality_encoder_hidden_states, num_streams)
+        if cached is None:
+            encoder_hidden_states = self._embed_texts(
+                encoder_hidden_states, modality_encoder_hidden_states, num_streams
             )
-        encoder_hidden_states = self.condition_embedder.text_embedder(torch.stack(texts, dim=1))
+            text_key_values = [None] * len(self.blocks)
+        else:
+            encoder_hidden_states, text_key_values = cached.encoder_hidden_states, cached.key_values
         temb, timestep_proj = self._embed_timestep(timestep, task_ids, encoder_hidden_states.dtype)
 
         # 3. Transformer blocks
-        for block in self.blocks:
+        for block, text_key_value in zip(self.blocks, text_key_values):
             if torch.is_grad_enabled() and self.gradient_checkpointing:
                 hidden_states = self._gradient_checkpointing_func(
                     block, hidden_states, encoder_hidden_states, timestep_proj, rotary_emb, modality_ids
                 )
             else:
-                hidden_states = block(hidden_states, encoder_hidden_states, timestep_proj, rotary_emb, modality_ids)
+                hidden_states = block(
+                    hidden_states, encoder_hidden_states, timestep_proj, rotary_emb, modality_ids, text_key_value
+                )
 
         # 4. One output head per stream
         rgb_tokens, *modality_tokens = hidden_states.chunk(num_streams, dim=1)
