@@ -40,6 +40,8 @@ def resolve_task(name: str) -> Task:
         raise TypeError(f"A task is named by a string, got {type(name).__name__}.")
     task = _BY_NAME.get(name.strip().lower())
     if task is None:
-        other_names = ", ".join(f"{task.name}: {', '.join((task.verb, *task.aliases))}" for task in TASKS)
+        other_names = "; ".join(
+            f"{task.name}: {', '.join(n for n in (task.verb, *task.aliases) if n != task.name)}" for task in TASKS
+        )
         raise ValueError(f"Unknown task {name!r}. Known: {', '.join(TASK_NAMES)} (also {other_names}).")
     return task
