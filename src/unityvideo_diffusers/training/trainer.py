@@ -30,7 +30,7 @@ from ..modalities import known_modalities, modality_prompt, register_modality
 from ..models import UnityVideoTransformer3DModel
 from ..tasks import resolve_task
 from .config import ConfigError, TrainConfig
-from .data import LatentCache, check_cache_fits, modality_columns, pad_tokens, read_metadata
+from .data import LatentCache, check_cache_fits, encode_split, modality_columns, pad_tokens, read_metadata
 from .recipe import NoisedStreams, foreground_weight, lr_factor, noise_streams, sample_timesteps, stream_losses
 from .sharding import (
     RUN_LAYOUT,
@@ -174,10 +174,13 @@ def latest_checkpoint(save_path: Path) -> Path | None:
     return checkpoints[-1] if checkpoints else None
 
 
-def train(config: TrainConfig, extra_loss: Callable | None = None, progress: bool = True) -> Path:
+def train(
+    config: TrainConfig, extra_loss: Callable | None = None, progress: bool = True, encode_only: bool = False
+) -> Path:
     """
     Train and export; returns the export folder. `extra_loss(transformer, batch, prediction, streams, task)` adds a
     term to the loss (e.g. a perceptual loss on decoded frames); off by default, as in the authors' recipe.
+    `encode_only` stops once the latent cache is built (by every process, each its share) and returns its folder.
     """
     save_path = Path(config.save_path)
     save_path.mkdir(parents=True, exist_ok=True)
@@ -223,16 +226,18 @@ def train(config: TrainConfig, extra_loss: Callable | None = None, progress: boo
             f"'segmentation' to modalities (now {modalities}; the CSV needs the column), or set foreground_loss_weight to 0."
         )
 
-    # 2. Data: encode once (main process), then every rank reads the cache
+    # 2. Data: encode once (each process its share of the rows), then every rank reads the cache
+    device = accelerator.device
     cache = LatentCache(config.latent_cache or save_path / "latent_cache")
     rows = read_metadata(config.dataset_path, modalities)
     held_out = LatentCache(save_path / "held_out_cache") if config.held_out_loss_every else None
     held_out_rows = read_metadata(config.held_out_dataset_path, modalities) if held_out else []
-    if accelerator.is_main_process:
-        _encode_once([(cache, rows), (held_out, held_out_rows)], transformer, modalities, config, progress)
-    accelerator.wait_for_everyone()
+    _encode_once([(cache, rows), (held_out, held_out_rows)], transformer, modalities, config, progress, device)
     index, prompts = cache.load()
     check_cache_fits(index, cache.index_path, modalities, config)
+    if encode_only:
+        accelerator.end_training()
+        return cache.folder
     config = dataclasses.replace(config, max_sequence_length=index["max_sequence_length"])  # as encoded
     usable = set(index["usable"])
     rows_with = {m: [r.index for r in rows if r.index in usable and m in r.modalities] for m in modalities}
@@ -334,7 +339,6 @@ def train(config: TrainConfig, extra_loss: Callable | None = None, progress: boo
         desc="training",
         disable=not (progress and accelerator.is_main_process),
     )
-    device = accelerator.device
     started = time.perf_counter()
     deadline = started + 60 * config.max_minutes if config.max_minutes else None
 
@@ -487,18 +491,21 @@ def _encode_once(
     modalities: list[str],
     config: TrainConfig,
     progress: bool,
+    device,
 ) -> None:
-    """Build each incomplete cache with the VAE and text encoder of `config.model_path`, loaded once."""
+    """Build each incomplete cache with the VAE and text encoder of `config.model_path`, loaded once per process on
+    its own device; every process encodes its share of the rows (see `encode_split`). Call on every process."""
     pending = [(cache, rows) for cache, rows in caches if cache is not None and not cache.is_complete()]
     if not pending:
         return
     from ..pipelines import UnityVideoPipeline
 
-    pipe = UnityVideoPipeline.from_pretrained(config.model_path, transformer=transformer)
+    pipe = UnityVideoPipeline.from_pretrained(config.model_path, transformer=transformer).to(device)
     pipe.set_progress_bar_config(disable=True)
     with torch.no_grad():
         for cache, rows in pending:
-            cache.build(
+            encode_split(
+                cache,
                 rows,
                 pipe,
                 modalities,
