@@ -97,6 +97,15 @@ def owned_elements(model: torch.nn.Module, optimizer) -> dict:
     }
 
 
+def reshard(model: torch.nn.Module) -> None:
+    """Free the full weights a forward without backward leaves gathered (FSDP2 keeps the root's after a forward)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+
+
 def save_sharded_ema(ema, names: list[str], folder: Path) -> None:
     """Every rank writes its slices of the EMA weights (torch.distributed.checkpoint), beside accelerate's."""
     import torch.distributed.checkpoint as dcp

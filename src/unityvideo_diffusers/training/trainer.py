@@ -41,6 +41,7 @@ from .sharding import (
     is_sharded,
     load_sharded_ema,
     owned_elements,
+    reshard,
     run_layout,
     save_sharded_ema,
     unsharded_copy,
@@ -323,10 +324,11 @@ def train(
     )
 
     def log_held_out() -> None:  # "step": optimizer updates done; sharded, every rank takes part in the forward
-        if sharded or accelerator.is_main_process:
-            losses = held_out_losses(
-                transformer if sharded else accelerator.unwrap_model(transformer), held_out_batches
-            )
+        if sharded:
+            losses = held_out_losses(transformer, held_out_batches)
+            reshard(transformer)
+        elif accelerator.is_main_process:
+            losses = held_out_losses(accelerator.unwrap_model(transformer), held_out_batches)
         if accelerator.is_main_process:
             log.write(json.dumps({"step": progress_state.step, "held_out": losses}) + "\n")
             log.flush()
@@ -415,6 +417,7 @@ def train(
                 _validation_videos(
                     transformer, config, modalities[0], progress_state.step, accelerator.is_main_process
                 )
+                reshard(transformer)
             elif accelerator.is_main_process:
                 _validation_videos(accelerator.unwrap_model(transformer), config, modalities[0], progress_state.step)
         if out_of_time:
