@@ -592,7 +592,7 @@ FSDP_LAUNCH = [
     "2",
     "--mixed_precision",
     "no",
-    str(Path(__file__).with_name("fsdp_on_cpu.py")),  # accelerate's FSDP path on CPU processes (see its docstring)
+    str(Path(__file__).with_name("sharded_on_cpu.py")),  # accelerate's FSDP path on CPU processes (see its docstring)
     "train",
     "--quiet",
 ]
@@ -754,7 +754,7 @@ def test_sharding_refusals_come_before_loading(fsdp_runs, world, tmp_path, monke
 
     from unityvideo_diffusers.training.sharding import check_resumable, check_sharding_plan
 
-    def accelerator(num_processes=2, wrap=("UnityVideoTransformerBlock",)):
+    def accelerator(num_processes=2, wrap=("UnityVideoTransformerBlock",), kind=DistributedType.FSDP):
         plugin = SimpleNamespace(transformer_cls_names_to_wrap=list(wrap))
         return SimpleNamespace(
             distributed_type=DistributedType.FSDP,
@@ -762,9 +762,12 @@ def test_sharding_refusals_come_before_loading(fsdp_runs, world, tmp_path, monke
             state=SimpleNamespace(fsdp_plugin=plugin),
         )
 
-    check_sharding_plan(accelerator())
+    config = config_for(world, tmp_path / "plan")
+    check_sharding_plan(accelerator(), config)
     with pytest.raises(ConfigError, match="set fsdp_transformer_layer_cls_to_wrap to UnityVideoTransformerBlock"):
-        check_sharding_plan(accelerator(wrap=("WanTransformerBlock",)))
+        check_sharding_plan(accelerator(wrap=("WanTransformerBlock",)), config)
+    with pytest.raises(ConfigError, match="Under DeepSpeed this trainer keeps no EMA: set ema_decay to 0"):
+        check_sharding_plan(accelerator(kind=DistributedType.DEEPSPEED), config)
     checkpoint = fsdp_runs / "full" / "checkpoint-0000004"
     check_resumable(accelerator(), checkpoint)
     with pytest.raises(ConfigError, match="written by 2 process\\(es\\) under FSDP, and this run has 4 under FSDP"):

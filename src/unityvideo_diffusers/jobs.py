@@ -204,8 +204,8 @@ def run_split(job: str, settings: dict, items: list[str]) -> list[dict]:
     from accelerate import PartialState
 
     state = PartialState(cpu=settings["device"] == "cpu")
-    if settings["device"] == state.device.type:  # "cuda": this process's own GPU (cuda:<local rank>)
-        settings = {**settings, "device": str(state.device)}
+    if settings["device"] != "cpu" and settings["device"] == state.device.type:  # "cuda": this process's own GPU
+        settings = {**settings, "device": str(state.device)}  # cuda:<local rank>
     folder, key = Path(settings["output"]), ITEM_KEYS[job]
     records, pipe = [], None
     with state.split_between_processes(list(enumerate(items))) as mine:

@@ -17,7 +17,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType
 
 from ..models import UnityVideoTransformer3DModel
-from .config import ConfigError
+from .config import ConfigError, TrainConfig
 
 
 SHARDED_TYPES = (DistributedType.FSDP, DistributedType.DEEPSPEED)
@@ -40,8 +40,14 @@ def check_deepspeed_installed() -> None:
         )
 
 
-def check_sharding_plan(accelerator: Accelerator) -> None:
-    """FSDP wraps the classes its config names; one the model does not have would fail only after loading it."""
+def check_sharding_plan(accelerator: Accelerator, config: TrainConfig) -> None:
+    """FSDP wraps the classes its config names; one the model does not have would fail only after loading it. Under
+    DeepSpeed the trainer keeps no EMA (its slices are kept beside FSDP2's only)."""
+    if accelerator.distributed_type == DistributedType.DEEPSPEED and config.ema_decay > 0:
+        raise ConfigError(
+            "Under DeepSpeed this trainer keeps no EMA: set ema_decay to 0, or launch with "
+            "configs/accelerate/fsdp2.yaml, which shards the EMA with the weights."
+        )
     if accelerator.distributed_type != DistributedType.FSDP:
         return
     names = accelerator.state.fsdp_plugin.transformer_cls_names_to_wrap or []

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, gather_object, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, DistributedType, gather_object, set_seed
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
@@ -194,7 +194,7 @@ def train(
     )
     if config.resume and latest_checkpoint(save_path) is None:
         raise ConfigError(f"resume is set but {save_path} holds no checkpoint.")
-    check_sharding_plan(accelerator)
+    check_sharding_plan(accelerator, config)
     if config.resume:
         check_resumable(accelerator, latest_checkpoint(save_path))
     sharded = is_sharded(accelerator)
@@ -269,8 +269,12 @@ def train(
     )
     total_steps = config.max_steps or config.max_epochs * max(steps_per_epoch, 1)
     transformer, optimizer = accelerator.prepare(transformer, optimizer)
-    # the optimizer's parameters after prepare: under FSDP2 these are the sharded ones that replaced the originals
-    trainable = [p for group in optimizer.param_groups for p in group["params"]]
+    # the optimizer's parameters after prepare: under FSDP2 these are the sharded ones that replaced the originals;
+    # DeepSpeed's optimizer holds flat slices instead, and its engine the parameters
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        trainable = [p for p in transformer.parameters() if p.requires_grad]
+    else:
+        trainable = [p for group in optimizer.param_groups for p in group["params"]]
     trainable_names = {id(p): name for name, p in transformer.named_parameters()}
     trainable_names = [trainable_names[id(p)] for p in trainable]
     # in the model's order: accelerate's FSDP clipping compares this list with the model's parameters element-wise
