@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import os
 import random
@@ -427,6 +428,10 @@ def test_two_process_cpu_run_keeps_ranks_identical(world, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     fingerprints = json.loads((tmp_path / "ddp" / "rank_fingerprints.json").read_text())
     assert len(fingerprints) == 2 and fingerprints[0] == fingerprints[1]
+    held = json.loads((tmp_path / "ddp" / "rank_memory.json").read_text())  # data parallel: each holds everything
+    total = sum(p.numel() for p in UnityVideoPipeline.from_pretrained(world / "model").transformer.parameters())
+    assert [rank["parameters"] for rank in held] == [total, total]
+    assert all(rank["optimizer_state"] == 2 * rank["trainable_parameters"] for rank in held)
 
 
 def test_validation_videos(world, tmp_path):
@@ -582,26 +587,29 @@ def test_max_minutes_stops_the_run_and_exports_what_it_reached(world, tmp_path):
 # ---------------------------------------------------------------- sharded (FSDP2) on two CPU processes
 
 
-FSDP_LAUNCH = [
-    sys.executable,
-    "-m",
-    "accelerate.commands.launch",
-    "--config_file",
-    str(Path(__file__).parents[1] / "configs" / "accelerate" / "fsdp2.yaml"),
-    "--num_processes",
-    "2",
-    "--mixed_precision",
-    "no",
-    str(Path(__file__).with_name("sharded_on_cpu.py")),  # accelerate's FSDP path on CPU processes (see its docstring)
-    "train",
-    "--quiet",
-]
+def _sharded_launch(accelerate_config: str) -> list[str]:
+    """`unityvideo train` on two CPU processes with one of configs/accelerate/ (sharded_on_cpu.py: how accelerate
+    takes its FSDP or DeepSpeed path there)."""
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(Path(__file__).parents[1] / "configs" / "accelerate" / accelerate_config),
+        "--num_processes",
+        "2",
+        "--mixed_precision",
+        "no",
+        str(Path(__file__).with_name("sharded_on_cpu.py")),
+        "train",
+        "--quiet",
+    ]
 
 
 def _fsdp_run(config_path: Path, *extra: str) -> subprocess.Popen:
     """A two-process FSDP2 run, in its own process group (a kill must reach the launcher's workers too)."""
     return subprocess.Popen(
-        [*FSDP_LAUNCH, "--config", str(config_path), *extra],
+        [*_sharded_launch("fsdp2.yaml"), "--config", str(config_path), *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -742,6 +750,33 @@ def test_fsdp2_lora_run_equals_one_process_and_loads(fsdp_runs, world, tmp_path)
     assert trained
     for name in trained:
         assert torch.equal(loaded[name.replace(".default.", ".default_0.")], gathered[name]), name
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("deepspeed") is None,
+    reason="DeepSpeed is not installed (pip install deepspeed; it runs here on its CPU accelerator over gloo)",
+)
+def test_deepspeed_zero2_and_zero3_runs_equal_one_process(fsdp_runs, tmp_path):
+    """The FSDP2 full run's config under ZeRO-2 and ZeRO-3 (no EMA: the trainer keeps none under DeepSpeed): the same
+    final weights as the one-process run, and ZeRO's slices of Adam's moments (half each of 2 x the parameters)."""
+    import yaml
+
+    total = sum(p.numel() for p in _transformer_weights(fsdp_runs / "one_full" / "final" / "transformer").values())
+    for stage in (2, 3):
+        save = tmp_path / f"zero{stage}"
+        config = TrainConfig.from_yaml(
+            fsdp_runs / "full.yaml",
+            {"save_path": str(save), "ema_decay": 0.0, "validation_every": 0, "held_out_loss_every": 0},
+        )
+        (tmp_path / f"zero{stage}.yaml").write_text(yaml.safe_dump(config.to_dict()))
+        command = [*_sharded_launch(f"deepspeed_zero{stage}.yaml"), "--config", str(tmp_path / f"zero{stage}.yaml")]
+        result = subprocess.run(command, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr[-3000:]
+        single = _transformer_weights(fsdp_runs / "one_full" / "final" / "transformer")
+        sharded = _transformer_weights(save / "final" / "transformer")
+        assert all((sharded[k] - v).abs().max() <= SHARDED_TOLERANCE for k, v in single.items()), stage
+        held = json.loads((save / "rank_memory.json").read_text())
+        assert [rank["optimizer_state"] for rank in held] == [total, total], stage
 
 
 def test_sharding_refusals_come_before_loading(fsdp_runs, world, tmp_path, monkeypatch):

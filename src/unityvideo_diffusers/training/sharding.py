@@ -60,6 +60,18 @@ def check_sharding_plan(accelerator: Accelerator, config: TrainConfig) -> None:
         )
 
 
+def configure_deepspeed(accelerator: Accelerator, config: TrainConfig) -> None:
+    """DeepSpeed batches, accumulates and clips gradients itself: give it the training config's values (the trainer
+    feeds it batches itself, so it has no data loader to read the batch size from)."""
+    if accelerator.distributed_type != DistributedType.DEEPSPEED:
+        return
+    accelerator.state.deepspeed_plugin.deepspeed_config.update(
+        train_micro_batch_size_per_gpu=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        gradient_clipping=config.max_grad_norm,
+    )
+
+
 def run_layout(accelerator: Accelerator) -> dict:
     return {
         "distributed_type": str(accelerator.distributed_type).split(".")[-1],
@@ -93,6 +105,8 @@ def owned_elements(model: torch.nn.Module, optimizer) -> dict:
     its local slice only): measured, not assumed."""
 
     def local(tensor: torch.Tensor) -> int:
+        if hasattr(tensor, "ds_tensor"):  # DeepSpeed ZeRO-3: its slice, plus the whole where it keeps one gathered
+            return tensor.ds_tensor.numel() + tensor.data.numel()
         return (tensor.to_local() if hasattr(tensor, "to_local") else tensor).numel()
 
     state = [value for per_parameter in optimizer.state.values() for value in per_parameter.values()]

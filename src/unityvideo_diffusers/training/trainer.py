@@ -37,6 +37,7 @@ from .sharding import (
     check_deepspeed_installed,
     check_resumable,
     check_sharding_plan,
+    configure_deepspeed,
     gather_full,
     is_sharded,
     load_sharded_ema,
@@ -268,6 +269,7 @@ def train(
         // (config.batch_size * accelerator.num_processes * config.gradient_accumulation_steps)
     )
     total_steps = config.max_steps or config.max_epochs * max(steps_per_epoch, 1)
+    configure_deepspeed(accelerator, config)
     transformer, optimizer = accelerator.prepare(transformer, optimizer)
     # the optimizer's parameters after prepare: under FSDP2 these are the sharded ones that replaced the originals;
     # DeepSpeed's optimizer holds flat slices instead, and its engine the parameters
