@@ -429,7 +429,9 @@ def test_two_process_cpu_run_keeps_ranks_identical(world, tmp_path):
     fingerprints = json.loads((tmp_path / "ddp" / "rank_fingerprints.json").read_text())
     assert len(fingerprints) == 2 and fingerprints[0] == fingerprints[1]
     held = json.loads((tmp_path / "ddp" / "rank_memory.json").read_text())  # data parallel: each holds everything
-    total = sum(p.numel() for p in UnityVideoPipeline.from_pretrained(world / "model").transformer.parameters())
+    base = UnityVideoPipeline.from_pretrained(world / "model").transformer.parameters()
+    lora = load_file(tmp_path / "ddp" / "final" / "pytorch_lora_weights.safetensors").values()
+    total = sum(p.numel() for p in base) + sum(p.numel() for p in lora)
     assert [rank["parameters"] for rank in held] == [total, total]
     assert all(rank["optimizer_state"] == 2 * rank["trainable_parameters"] for rank in held)
 
@@ -757,22 +759,25 @@ def test_fsdp2_lora_run_equals_one_process_and_loads(fsdp_runs, world, tmp_path)
     reason="DeepSpeed is not installed (pip install deepspeed; it runs here on its CPU accelerator over gloo)",
 )
 def test_deepspeed_zero2_and_zero3_runs_equal_one_process(fsdp_runs, tmp_path):
-    """The FSDP2 full run's config under ZeRO-2 and ZeRO-3 (no EMA: the trainer keeps none under DeepSpeed): the same
-    final weights as the one-process run, and ZeRO's slices of Adam's moments (half each of 2 x the parameters)."""
+    """The FSDP2 full run's config, on `joint` steps only, under ZeRO-2 and ZeRO-3 (no EMA: the trainer keeps none
+    under DeepSpeed): the same final weights as a one-process run, and ZeRO's slices of Adam's moments (half each of
+    2 x the parameters). Joint steps use every parameter: DeepSpeed also steps the ones a step leaves without a
+    gradient (a control step's modality head), with a zero gradient, where torch's AdamW leaves them be."""
     import yaml
 
-    total = sum(p.numel() for p in _transformer_weights(fsdp_runs / "one_full" / "final" / "transformer").values())
+    def variant(**overrides) -> TrainConfig:
+        overrides = {"task": "joint", "ema_decay": 0.0, "validation_every": 0, "held_out_loss_every": 0, **overrides}
+        return TrainConfig.from_yaml(fsdp_runs / "full.yaml", overrides)
+
+    train(variant(batch_size=2, save_path=str(tmp_path / "one")), progress=False)
+    single = _transformer_weights(tmp_path / "one" / "final" / "transformer")
+    total = sum(v.numel() for v in single.values())
     for stage in (2, 3):
         save = tmp_path / f"zero{stage}"
-        config = TrainConfig.from_yaml(
-            fsdp_runs / "full.yaml",
-            {"save_path": str(save), "ema_decay": 0.0, "validation_every": 0, "held_out_loss_every": 0},
-        )
-        (tmp_path / f"zero{stage}.yaml").write_text(yaml.safe_dump(config.to_dict()))
+        (tmp_path / f"zero{stage}.yaml").write_text(yaml.safe_dump(variant(save_path=str(save)).to_dict()))
         command = [*_sharded_launch(f"deepspeed_zero{stage}.yaml"), "--config", str(tmp_path / f"zero{stage}.yaml")]
         result = subprocess.run(command, capture_output=True, text=True)
         assert result.returncode == 0, result.stderr[-3000:]
-        single = _transformer_weights(fsdp_runs / "one_full" / "final" / "transformer")
         sharded = _transformer_weights(save / "final" / "transformer")
         assert all((sharded[k] - v).abs().max() <= SHARDED_TOLERANCE for k, v in single.items()), stage
         held = json.loads((save / "rank_memory.json").read_text())
@@ -792,7 +797,7 @@ def test_sharding_refusals_come_before_loading(fsdp_runs, world, tmp_path, monke
     def accelerator(num_processes=2, wrap=("UnityVideoTransformerBlock",), kind=DistributedType.FSDP):
         plugin = SimpleNamespace(transformer_cls_names_to_wrap=list(wrap))
         return SimpleNamespace(
-            distributed_type=DistributedType.FSDP,
+            distributed_type=kind,
             num_processes=num_processes,
             state=SimpleNamespace(fsdp_plugin=plugin),
         )
