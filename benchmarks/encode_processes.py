@@ -3,7 +3,8 @@
     python benchmarks/encode_processes.py            # 24 clips (RGB + depth), 33 frames at 256 x 256, tiny VAE, CPU
 
 Each count of processes runs `unityvideo train --encode-only` under `accelerate launch` (one CPU thread per process,
-as one GPU per process), into a fresh cache folder. The same command is then run again on the finished cache: that
+as one GPU per process), into a fresh cache folder. The clips are folders of PNG frames, read in the process itself:
+mp4 files are decoded by ffmpeg subprocesses with threads of their own, which would blur what one process uses. The same command is then run again on the finished cache: that
 second run's time (start-up, loading the pipeline, reading the index) is subtracted, so what is compared is the
 encoding itself. The machine may be shared: compare the ratio measured in one run, not times across runs.
 """
@@ -35,7 +36,7 @@ def make_world(root: Path, clips: int, frames: int, size: int) -> Path:
         writer = csv.DictWriter(handle, fieldnames=["video", "prompt", "depth"])
         writer.writeheader()
         for i in range(clips):
-            save_video(rng.random((frames, size, size, 3)), root / f"rgb{i}")
+            save_video(rng.random((frames, size, size, 3)), root / f"rgb{i}")  # no suffix: a folder of PNG frames
             save_video(rng.random((frames, size, size, 3)), root / f"depth{i}")
             writer.writerow({"video": f"rgb{i}", "prompt": f"clip {i}", "depth": f"depth{i}"})
     return root / "metadata.csv"
