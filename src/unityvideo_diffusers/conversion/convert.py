@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from ..modalities import RELEASED_MODALITIES
 from ..models import UnityVideoTransformer3DModel
+from ..sampling import RELEASED_SAMPLING_DEFAULTS
 from .keymap import diffusers_to_released_key, modalities_in_released_keys, released_to_diffusers_key
 from .safetensors_stream import CheckpointError, SafetensorsReader, TensorInfo, sha256_of, write_safetensors
 
@@ -200,7 +201,8 @@ def _link_or_copy(source: str, destination: str) -> None:
 
 
 def _write_pipeline_parts(base: Path, directory: Path) -> None:
-    """Take vae, text encoder and tokenizer from the Wan2.2 base, write our default scheduler and model_index.json."""
+    """Take vae, text encoder and tokenizer from the Wan2.2 base, write our default scheduler and model_index.json
+    (with the released model's sampling defaults)."""
     from diffusers import __version__ as diffusers_version
 
     from ..schedulers import default_scheduler
@@ -215,6 +217,7 @@ def _write_pipeline_parts(base: Path, directory: Path) -> None:
     index["scheduler"] = ["diffusers", type(scheduler).__name__]
     # what diffusers' save_pretrained records for a model outside diffusers and transformers
     index["transformer"] = [UnityVideoTransformer3DModel.__module__, UnityVideoTransformer3DModel.__name__]
+    index["sampling_defaults"] = RELEASED_SAMPLING_DEFAULTS  # the released model's size, length, steps, guidance
     (directory / "model_index.json").write_text(json.dumps(dict(sorted(index.items())), indent=2) + "\n")
 
 
