@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import os
 import random
@@ -233,7 +234,7 @@ def test_runs_share_a_latent_cache_that_fits(world, tmp_path, monkeypatch):
     def no_encoding(*args, **kwargs):
         raise AssertionError("a fitting cache must not be encoded again")
 
-    monkeypatch.setattr(LatentCache, "build", no_encoding)
+    monkeypatch.setattr(LatentCache, "encode_rows", no_encoding)
     shared = str(tmp_path / "first" / "latent_cache")
     train(config_for(world, tmp_path / "second", max_steps=1, ema_decay=0.0, latent_cache=shared), progress=False)
     assert not (tmp_path / "second" / "latent_cache").exists()
@@ -427,6 +428,12 @@ def test_two_process_cpu_run_keeps_ranks_identical(world, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     fingerprints = json.loads((tmp_path / "ddp" / "rank_fingerprints.json").read_text())
     assert len(fingerprints) == 2 and fingerprints[0] == fingerprints[1]
+    held = json.loads((tmp_path / "ddp" / "rank_memory.json").read_text())  # data parallel: each holds everything
+    base = UnityVideoPipeline.from_pretrained(world / "model").transformer.parameters()
+    lora = load_file(tmp_path / "ddp" / "final" / "pytorch_lora_weights.safetensors").values()
+    total = sum(p.numel() for p in base) + sum(p.numel() for p in lora)
+    assert [rank["parameters"] for rank in held] == [total, total]
+    assert all(rank["optimizer_state"] == 2 * rank["trainable_parameters"] for rank in held)
 
 
 def test_validation_videos(world, tmp_path):
@@ -577,3 +584,243 @@ def test_max_minutes_stops_the_run_and_exports_what_it_reached(world, tmp_path):
     assert (export / "unityvideo_extra_weights.safetensors").is_file()
     with pytest.raises(ConfigError, match="max_minutes must be a positive number"):
         config_for(world, save, max_minutes=0)
+
+
+# ---------------------------------------------------------------- sharded (FSDP2) on two CPU processes
+
+
+def _sharded_launch(accelerate_config: str) -> list[str]:
+    """`unityvideo train` on two CPU processes with one of configs/accelerate/ (sharded_on_cpu.py: how accelerate
+    takes its FSDP or DeepSpeed path there)."""
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(Path(__file__).parents[1] / "configs" / "accelerate" / accelerate_config),
+        "--num_processes",
+        "2",
+        "--mixed_precision",
+        "no",
+        str(Path(__file__).with_name("sharded_on_cpu.py")),
+        "train",
+        "--quiet",
+    ]
+
+
+def _fsdp_run(config_path: Path, *extra: str) -> subprocess.Popen:
+    """A two-process FSDP2 run, in its own process group (a kill must reach the launcher's workers too)."""
+    return subprocess.Popen(
+        [*_sharded_launch("fsdp2.yaml"), "--config", str(config_path), *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def _finished(process: subprocess.Popen) -> None:
+    _, errors = process.communicate(timeout=600)
+    assert process.returncode == 0, errors[-3000:]
+
+
+@pytest.fixture(scope="module")
+def fsdp_runs(world, tmp_path_factory):
+    """Two-process FSDP2 runs (full: straight, killed at a random step then resumed; LoRA: straight) beside one-process
+    runs with the same effective batch (2 rows per step: 1 per process there, 2 here). Four launches, shared by the
+    tests below because each costs tens of seconds."""
+    import yaml
+
+    root = tmp_path_factory.mktemp("fsdp")
+    common = dict(max_steps=4, checkpoint_every=1, keep_last_checkpoints=10, latent_cache=str(root / "cache"))
+    configs = {
+        "full": config_for(
+            world,
+            root / "full",
+            training_mode="full",
+            batch_size=1,
+            validation_every=4,
+            validation_prompts=["a red ball"],
+            validation_steps=1,
+            held_out_loss_every=2,
+            held_out_dataset_path=str(world / "data" / "metadata.csv"),
+            **common,
+        ),
+        "lora": config_for(world, root / "lora", batch_size=1, **common),
+    }
+    paths = {name: root / f"{name}.yaml" for name in ("full", "lora", "killed")}
+    for name, config in configs.items():
+        paths[name].write_text(yaml.safe_dump(config.to_dict()))
+
+    def variant(name: str, **overrides) -> TrainConfig:  # as the launches read it (YAML sorts the task weights)
+        return TrainConfig.from_yaml(paths[name], {"validation_every": 0, "held_out_loss_every": 0, **overrides})
+
+    paths["killed"].write_text(yaml.safe_dump(variant("full", save_path=str(root / "killed")).to_dict()))
+
+    started = time.perf_counter()
+    _finished(_fsdp_run(paths["full"]))  # encodes the shared cache first, so the kill below lands in training
+    victim = _fsdp_run(paths["killed"])
+    target = root / "killed" / f"checkpoint-{random.Random(os.getpid()).randint(1, 3):07d}"
+    while not target.exists() and victim.poll() is None:
+        time.sleep(0.002)
+    os.killpg(victim.pid, signal.SIGKILL)
+    victim.wait()
+    assert not (root / "killed" / "final").exists(), "the run ended before it could be killed"
+    _finished(_fsdp_run(paths["killed"], "--resume"))
+    _finished(_fsdp_run(paths["lora"]))
+    launches = time.perf_counter() - started
+    for name in ("full", "lora"):  # the same effective batch in one process
+        train(variant(name, batch_size=2, save_path=str(root / f"one_{name}")), progress=False)
+    print(f"FSDP2 launches: {launches:.0f} s; one-process runs: {time.perf_counter() - started - launches:.0f} s")
+    return root
+
+
+def _transformer_weights(folder: Path) -> dict[str, torch.Tensor]:
+    from unityvideo_diffusers import UnityVideoTransformer3DModel
+
+    return UnityVideoTransformer3DModel.from_pretrained(folder).state_dict()
+
+
+def _gathered_checkpoint(checkpoint: Path, scratch: Path) -> dict[str, torch.Tensor]:
+    """The full weights in a sharded checkpoint, merged by torch's own converter (not by the trainer)."""
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    dcp_to_torch_save(checkpoint / "pytorch_model_fsdp_0", scratch / "merged.pt")
+    return torch.load(scratch / "merged.pt", weights_only=True)["model"]
+
+
+# Adam moves every weight by about +-lr per step whatever its gradient's size, so where a gradient is near zero the
+# order of a float sum (sharded reductions, a batch split in two) can flip the step: at most 2 lr per step in theory;
+# 4 steps at lr 1e-3 agree to within 1e-4 here, while a different draw of rows or noise moves weights by ~1e-3.
+SHARDED_TOLERANCE = 1e-4
+
+
+def test_fsdp2_full_run_equals_one_process_and_exports_the_gathered_weights(fsdp_runs, world, tmp_path):
+    sharded = _transformer_weights(fsdp_runs / "full" / "final" / "transformer")
+    single = _transformer_weights(fsdp_runs / "one_full" / "final" / "transformer")
+    assert sharded.keys() == single.keys()
+    for name, tensor in single.items():
+        assert (sharded[name] - tensor).abs().max() <= SHARDED_TOLERANCE, name
+    ema = _transformer_weights(fsdp_runs / "full" / "final_ema" / "transformer")
+    single_ema = _transformer_weights(fsdp_runs / "one_full" / "final_ema" / "transformer")
+    assert all((ema[k] - v).abs().max() <= SHARDED_TOLERANCE for k, v in single_ema.items())
+    assert any(not torch.equal(ema[k], sharded[k]) for k in ema)  # the average, not the last weights
+    gathered = _gathered_checkpoint(fsdp_runs / "full" / "checkpoint-0000004", tmp_path)
+    assert gathered.keys() == sharded.keys() and all(torch.equal(gathered[k], v) for k, v in sharded.items())
+
+    # each rank held half of the weights and of Adam's two moments: its own slices, counted after the run
+    held = json.loads((fsdp_runs / "full" / "rank_memory.json").read_text())
+    total = sum(p.numel() for p in UnityVideoPipeline.from_pretrained(world / "model").transformer.parameters())
+    assert [rank["rank"] for rank in held] == [0, 1] and sum(rank["parameters"] for rank in held) == total
+    for rank in held:
+        assert 0.45 * total <= rank["parameters"] <= 0.55 * total
+        assert rank["optimizer_state"] == 2 * rank["trainable_parameters"] == 2 * rank["parameters"]
+
+    # the sharded model also ran the held-out loss (every rank in the forward) and the validation videos
+    log = [json.loads(line) for line in (fsdp_runs / "full" / "train_log.jsonl").read_text().splitlines()]
+    assert [record["step"] for record in log if "held_out" in record] == [0, 2, 4]
+    written = sorted(p.name for p in (fsdp_runs / "full" / "validation" / "step-0000004").iterdir())
+    assert written == ["00_depth.mp4", "00_rgb.mp4"]
+
+
+def test_fsdp2_sigkill_and_resume_equals_the_uninterrupted_run(fsdp_runs):
+    for export in ("final", "final_ema"):
+        straight = _transformer_weights(fsdp_runs / "full" / export / "transformer")
+        resumed = _transformer_weights(fsdp_runs / "killed" / export / "transformer")
+        assert straight.keys() == resumed.keys()
+        for name, tensor in straight.items():
+            assert torch.allclose(resumed[name], tensor, rtol=1e-6, atol=1e-9), (export, name)
+
+
+def test_fsdp2_lora_run_equals_one_process_and_loads(fsdp_runs, world, tmp_path):
+    for export in ("final", "final_ema"):
+        for file in ("pytorch_lora_weights.safetensors", "unityvideo_extra_weights.safetensors"):
+            sharded = load_file(fsdp_runs / "lora" / export / file)
+            single = load_file(fsdp_runs / "one_lora" / export / file)
+            assert sharded.keys() == single.keys()
+            assert all((sharded[k] - v).abs().max() <= SHARDED_TOLERANCE for k, v in single.items()), file
+    held = json.loads((fsdp_runs / "lora" / "rank_memory.json").read_text())
+    trainable = sum(rank["trainable_parameters"] for rank in held)
+    assert all(0.45 * trainable <= rank["trainable_parameters"] <= 0.55 * trainable for rank in held)
+    assert all(rank["optimizer_state"] == 2 * rank["trainable_parameters"] for rank in held)
+
+    pipe = UnityVideoPipeline.from_pretrained(world / "model")
+    load_trained_lora(pipe, fsdp_runs / "lora" / "final")
+    gathered = _gathered_checkpoint(fsdp_runs / "lora" / "checkpoint-0000004", tmp_path)
+    loaded = pipe.transformer.state_dict()
+    trained = [k for k in gathered if "lora_" in k or k.startswith(("control_encoder.", "modality_proj_out"))]
+    assert trained
+    for name in trained:
+        assert torch.equal(loaded[name.replace(".default.", ".default_0.")], gathered[name]), name
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("deepspeed") is None,
+    reason="DeepSpeed is not installed (pip install deepspeed; it runs here on its CPU accelerator over gloo)",
+)
+def test_deepspeed_zero2_and_zero3_runs_equal_one_process(fsdp_runs, tmp_path):
+    """The FSDP2 full run's config, on `joint` steps only, under ZeRO-2 and ZeRO-3 (no EMA: the trainer keeps none
+    under DeepSpeed): the same final weights as a one-process run, and ZeRO's slices of Adam's moments (half each of
+    2 x the parameters). Joint steps use every parameter: DeepSpeed also steps the ones a step leaves without a
+    gradient (a control step's modality head), with a zero gradient, where torch's AdamW leaves them be."""
+    import yaml
+
+    def variant(**overrides) -> TrainConfig:
+        overrides = {"task": "joint", "ema_decay": 0.0, "validation_every": 0, "held_out_loss_every": 0, **overrides}
+        return TrainConfig.from_yaml(fsdp_runs / "full.yaml", overrides)
+
+    train(variant(batch_size=2, save_path=str(tmp_path / "one")), progress=False)
+    single = _transformer_weights(tmp_path / "one" / "final" / "transformer")
+    total = sum(v.numel() for v in single.values())
+    for stage in (2, 3):
+        save = tmp_path / f"zero{stage}"
+        (tmp_path / f"zero{stage}.yaml").write_text(yaml.safe_dump(variant(save_path=str(save)).to_dict()))
+        command = [*_sharded_launch(f"deepspeed_zero{stage}.yaml"), "--config", str(tmp_path / f"zero{stage}.yaml")]
+        result = subprocess.run(command, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr[-3000:]
+        sharded = _transformer_weights(save / "final" / "transformer")
+        assert all((sharded[k] - v).abs().max() <= SHARDED_TOLERANCE for k, v in single.items()), stage
+        held = json.loads((save / "rank_memory.json").read_text())
+        assert [rank["optimizer_state"] for rank in held] == [total, total], stage
+
+
+def test_sharding_refusals_come_before_loading(fsdp_runs, world, tmp_path, monkeypatch):
+    """A sharding config that names no block of the model, a sharded checkpoint resumed with another number of
+    processes, a DeepSpeed config without DeepSpeed: each a ConfigError that says what to do."""
+    import importlib.util
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from unityvideo_diffusers.training.sharding import check_resumable, check_sharding_plan
+
+    def accelerator(num_processes=2, wrap=("UnityVideoTransformerBlock",), kind=DistributedType.FSDP):
+        plugin = SimpleNamespace(transformer_cls_names_to_wrap=list(wrap))
+        return SimpleNamespace(
+            distributed_type=kind,
+            num_processes=num_processes,
+            state=SimpleNamespace(fsdp_plugin=plugin),
+        )
+
+    config = config_for(world, tmp_path / "plan")
+    check_sharding_plan(accelerator(), config)
+    with pytest.raises(ConfigError, match="set fsdp_transformer_layer_cls_to_wrap to UnityVideoTransformerBlock"):
+        check_sharding_plan(accelerator(wrap=("WanTransformerBlock",)), config)
+    with pytest.raises(ConfigError, match="Under DeepSpeed this trainer keeps no EMA: set ema_decay to 0"):
+        check_sharding_plan(accelerator(kind=DistributedType.DEEPSPEED), config)
+    checkpoint = fsdp_runs / "full" / "checkpoint-0000004"
+    check_resumable(accelerator(), checkpoint)
+    with pytest.raises(ConfigError, match="written by 2 process\\(es\\) under FSDP, and this run has 4 under FSDP"):
+        check_resumable(accelerator(num_processes=4), checkpoint)
+    unsharded = SimpleNamespace(distributed_type=DistributedType.NO, num_processes=1)
+    with pytest.raises(ConfigError, match="Resume with the same accelerate config and number of processes"):
+        check_resumable(unsharded, checkpoint)
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "deepspeed" else find_spec(name, *a)
+    )
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    with pytest.raises(ConfigError, match="asks for DeepSpeed .* the `deepspeed` package is not installed"):
+        train(config_for(world, tmp_path / "deepspeed", max_steps=1), progress=False)
+    assert not (tmp_path / "deepspeed" / "latent_cache").exists()

@@ -74,7 +74,9 @@ def _train(args: argparse.Namespace) -> str:
     if args.resume:
         overrides["resume"] = True
     config = TrainConfig.from_yaml(args.config, overrides) if args.config else TrainConfig.from_dict(overrides)
-    export = train(config, progress=not args.quiet)
+    export = train(config, progress=not args.quiet, encode_only=args.encode_only)
+    if args.encode_only:
+        return f"Encoded the training data into {export}."
     return f"Training done; wrote {export} (checkpoints and train_log.jsonl in {config.save_path})."
 
 
@@ -205,10 +207,50 @@ def _job(job: str):
     def run(args: argparse.Namespace) -> str:
         from .jobs import run as run_job
 
+        if getattr(args, "prompts", None) or getattr(args, "videos", None):
+            return _run_many(job, args)
         record = run_job(job, _job_settings(job, args))
         return f"Wrote {', '.join(record['outputs'].values())} and {record['record']}."
 
     return run
+
+
+VIDEO_SUFFIXES = {".mp4", ".gif", ".webm", ".mov", ".avi", ".mkv"}
+
+
+def _run_many(job: str, args: argparse.Namespace) -> str:
+    """`generate --prompts FILE` (one prompt a line) or `estimate --videos FOLDER` (its video files and frame folders):
+    every item into the --output folder, shared among the processes of `accelerate launch` when there are several."""
+    from .jobs import ITEM_KEYS, run_split
+
+    key = ITEM_KEYS[job]
+    if getattr(args, key):
+        raise ValueError(f"Give --{key}s or one {key}, not both.")
+    if job == "generate":
+        source = Path(args.prompts)
+        if not source.is_file():
+            raise FileNotFoundError(f"--prompts {source} is not a file.")
+        items = [line.strip() for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
+    else:
+        source = Path(args.videos)
+        if not source.is_dir():
+            raise FileNotFoundError(f"--videos {source} is not a folder.")
+        items = [
+            str(path)
+            for path in sorted(source.iterdir())
+            if not path.name.startswith(".") and (path.is_dir() or path.suffix.lower() in VIDEO_SUFFIXES)
+        ]
+    if not items:
+        raise ValueError(f"{source} holds no {key}s.")
+    setattr(args, key, items[0])  # checked with the other settings before anything is loaded
+    args.output = args.output or f"outputs/{job}-{time.strftime('%Y%m%d-%H%M%S')}"
+    settings = _job_settings(job, args)
+    if Path(settings["output"]).suffix:
+        raise ValueError(f"--output is a folder when running many {key}s, got {settings['output']}.")
+    records = run_split(job, settings, items)
+    return (
+        f"Wrote {len(records)} of {len(items)} {key}s' outputs and records into {settings['output']} (this process)."
+    )
 
 
 def _add_job_options(parser: argparse.ArgumentParser) -> None:
@@ -294,6 +336,11 @@ def build_parser() -> argparse.ArgumentParser:
     trainer.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one setting (repeatable)")
     trainer.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in save_path")
     trainer.add_argument("--quiet", action="store_true", help="no progress bars")
+    trainer.add_argument(
+        "--encode-only",
+        action="store_true",
+        help="only build the latent cache (under `accelerate launch`, every process encodes its share), then stop",
+    )
     trainer.set_defaults(run=_train)
 
     generate = _job_parser(commands, "joint")
@@ -301,6 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--modality", help="also generate this modality (depth, raft, segmentation, ...)")
     generate.add_argument("--image", help="first frame to keep (image file)")
     generate.add_argument("--negative-prompt")
+    generate.add_argument(
+        "--prompts", help="a file of prompts, one a line: each into --output (a folder), shared among processes"
+    )
     _add_job_options(generate)
     generate.set_defaults(run=_job("generate"))
 
@@ -317,6 +367,10 @@ def build_parser() -> argparse.ArgumentParser:
     estimate.add_argument("video", nargs="?")
     estimate.add_argument("--modality", help="what to estimate (depth, raft, segmentation, ...)")
     estimate.add_argument("--prompt", help="optional caption of the video")
+    estimate.add_argument(
+        "--videos",
+        help="a folder of videos (files or frame folders): each into --output (a folder), shared among processes",
+    )
     _add_job_options(estimate)
     estimate.set_defaults(run=_job("estimate"))
 

@@ -70,21 +70,16 @@ def used_settings(pipe, job: str, settings: dict) -> dict:
     return {**settings, **filled}
 
 
-def run(job: str, settings: dict) -> dict:
-    """Run the command `job` (generate, control, estimate, restyle) with `settings` (its options); returns the
-    record, also written beside the outputs."""
+def pipeline_for(job: str, settings: dict):
     from .pipelines import UnityVideoControlPipeline, UnityVideoPerceptionPipeline, UnityVideoPipeline
 
-    started = time.perf_counter()
     pipeline_class = {
         "generate": UnityVideoPipeline,
         "control": UnityVideoControlPipeline,
         "estimate": UnityVideoPerceptionPipeline,
         "restyle": UnityVideoPerceptionPipeline,
     }[job]
-    output = Path(settings["output"])
-    modality = settings.get("modality")
-    pipe = load_pipeline(
+    return load_pipeline(
         pipeline_class,
         settings["model"],
         settings["device"],
@@ -93,6 +88,19 @@ def run(job: str, settings: dict) -> dict:
         settings["vae_tiling"],
         settings["scheduler"],
     )
+
+
+def run(job: str, settings: dict, pipe=None) -> dict:
+    """Run the command `job` (generate, control, estimate, restyle) with `settings` (its options); returns the
+    record, also written beside the outputs. `pipe`: the job's pipeline already loaded with these settings (runs
+    over many inputs load it once)."""
+    from .pipelines import UnityVideoControlPipeline
+
+    started = time.perf_counter()
+    output = Path(settings["output"])
+    modality = settings.get("modality")
+    if pipe is None:
+        pipe = pipeline_for(job, settings)
     loaded = time.perf_counter()
     modality = pipe.transformer.resolve_modality_name(modality) if modality else None  # "flow" -> "raft"
     common = dict(
@@ -162,3 +170,33 @@ def run(job: str, settings: dict) -> dict:
     record_path.write_text(json.dumps(record, indent=2, default=str))
     record["record"] = str(record_path)
     return record
+
+
+ITEM_KEYS = {"generate": "prompt", "estimate": "video"}
+
+
+def run_split(job: str, settings: dict, items: list[str]) -> list[dict]:
+    """Run `job` once per item (a prompt of `generate`, a video of `estimate`), the items shared among the processes
+    of `accelerate launch` (accelerate's `split_between_processes`; one process runs them all). Item i is written as
+    `<output folder>/<i>.mp4` with its record beside it and sampled with seed `seed + i`, whichever process runs it,
+    so the files do not depend on the number of processes. Returns this process's records."""
+    from accelerate import PartialState
+
+    state = PartialState(cpu=settings["device"] == "cpu")
+    if settings["device"] != "cpu" and settings["device"] == state.device.type:  # "cuda": this process's own GPU
+        settings = {**settings, "device": str(state.device)}  # cuda:<local rank>
+    folder, key = Path(settings["output"]), ITEM_KEYS[job]
+    records, pipe = [], None
+    with state.split_between_processes(list(enumerate(items))) as mine:
+        for index, item in mine:
+            stem = f"{index:05d}" if job == "generate" else f"{index:05d}_{Path(item).stem}"
+            if pipe is None:  # loaded once, and only by a process that has items
+                pipe = pipeline_for(job, settings)
+            item_settings = {
+                **settings,
+                key: item,
+                "seed": settings["seed"] + index,
+                "output": str(folder / f"{stem}.mp4"),
+            }
+            records.append(run(job, item_settings, pipe))
+    return records

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate import PartialState
+from accelerate.utils import gather_object
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
@@ -100,15 +102,30 @@ class LatentCache:
         max_sequence_length: int,
         progress: bool = True,
     ) -> dict:
-        """Encode every row with `pipe` (its VAE and text encoder); a row already in the folder is kept, so an
+        """Encode every row with `pipe` (its VAE and text encoder) in this process, then write the index; see
+        `encode_rows` and `write_index`. Returns the index: usable rows and the skipped ones with reasons."""
+        usable, skipped = self.encode_rows(rows, pipe, num_frames, height, width, max_sequence_length, progress)
+        return self.write_index(usable, skipped, pipe, modalities, num_frames, height, width, max_sequence_length)
+
+    def encode_rows(
+        self,
+        rows: list[Row],
+        pipe,
+        num_frames: int,
+        height: int,
+        width: int,
+        max_sequence_length: int,
+        progress: bool = True,
+    ) -> tuple[list[int], dict[str, str]]:
+        """Encode `rows` into one file each, written atomically; a row already in the folder is kept, so an
         interrupted build resumes, and rows with the same videos (several captions of one clip) share one VAE
-        encoding. Returns the index: usable rows and the skipped ones with reasons."""
+        encoding. Returns (usable row indices, {skipped row index: reason})."""
         self.folder.mkdir(parents=True, exist_ok=True)
         device = pipe._execution_device
         usable, skipped, encoded = [], {}, {}
         for row in tqdm(rows, desc="encoding training data", disable=not progress):
-            path = self.folder / f"{row.index:07d}.safetensors"
-            videos = (row.video, *sorted(row.modalities.items()))
+            path = self.row_path(row.index)
+            videos = _videos_of(row)
             if not path.is_file() and videos in encoded:
                 tensors = load_file(encoded[videos])
                 tensors["prompt_embeds"] = self._encode_trimmed(pipe, row.prompt, max_sequence_length, device)
@@ -134,6 +151,21 @@ class LatentCache:
                 _save_atomic(tensors, path)
             encoded.setdefault(videos, path)
             usable.append(row.index)
+        return usable, skipped
+
+    def write_index(
+        self,
+        usable: list[int],
+        skipped: dict[str, str],
+        pipe,
+        modalities: list[str],
+        num_frames: int,
+        height: int,
+        width: int,
+        max_sequence_length: int,
+    ) -> dict:
+        """The fixed prompts' embeddings, then `index.json`, whose presence marks the cache complete."""
+        device = pipe._execution_device
         prompts = {"empty": self._encode_trimmed(pipe, "", max_sequence_length, device)}
         for name in modalities:
             prompts[f"modality.{name}"] = pipe.encode_modality_prompt(
@@ -141,8 +173,8 @@ class LatentCache:
             )[0].cpu()
         _save_atomic(prompts, self.folder / "prompts.safetensors")
         index = {
-            "usable": usable,
-            "skipped": skipped,
+            "usable": sorted(usable),
+            "skipped": dict(sorted(skipped.items(), key=lambda item: int(item[0]))),
             "modalities": modalities,
             "max_sequence_length": max_sequence_length,
             "video_shape": [num_frames, height, width],
@@ -152,6 +184,9 @@ class LatentCache:
         temporary.write_text(json.dumps(index, indent=2))
         os.replace(temporary, self.index_path)
         return index
+
+    def row_path(self, index: int) -> Path:
+        return self.folder / f"{index:07d}.safetensors"
 
     @staticmethod
     def _encode_trimmed(pipe, prompt: str, max_sequence_length: int, device) -> torch.Tensor:
@@ -163,7 +198,47 @@ class LatentCache:
         return json.loads(self.index_path.read_text()), load_file(self.folder / "prompts.safetensors")
 
     def sample(self, index: int) -> dict[str, torch.Tensor]:
-        return load_file(self.folder / f"{index:07d}.safetensors")
+        return load_file(self.row_path(index))
+
+
+def encode_split(
+    cache: LatentCache,
+    rows: list[Row],
+    pipe,
+    modalities: list[str],
+    num_frames: int,
+    height: int,
+    width: int,
+    max_sequence_length: int,
+    progress: bool = True,
+) -> None:
+    """Build `cache` with every process of the run (accelerate's): each encodes its share of the rows into the same
+    folder, then the main process merges the shares into one index. Call on every process; one process alone builds
+    it all, as `LatentCache.build` does."""
+    state = PartialState()
+    share = share_of_rows(rows, state.process_index, state.num_processes)
+    done = cache.encode_rows(
+        share, pipe, num_frames, height, width, max_sequence_length, progress and state.is_main_process
+    )
+    shares = gather_object([done])
+    if state.is_main_process:
+        usable = [index for indices, _ in shares for index in indices]
+        skipped = {index: reason for _, reasons in shares for index, reason in reasons.items()}
+        cache.write_index(usable, skipped, pipe, modalities, num_frames, height, width, max_sequence_length)
+    state.wait_for_everyone()
+
+
+def share_of_rows(rows: list[Row], process_index: int, num_processes: int) -> list[Row]:
+    """This process's rows to encode: whole clips (rows with the same videos stay together, encoded by the VAE once)
+    dealt round-robin, so every process gets about as many clips."""
+    clips: dict[tuple, list[Row]] = {}
+    for row in rows:
+        clips.setdefault(_videos_of(row), []).append(row)
+    return [row for clip in list(clips.values())[process_index::num_processes] for row in clip]
+
+
+def _videos_of(row: Row) -> tuple:
+    return (row.video, *sorted(row.modalities.items()))
 
 
 def check_cache_fits(index: dict, index_path: Path, modalities: list[str], config: TrainConfig) -> None:

@@ -3,8 +3,10 @@ accelerate's config), with the authors' multi-task recipe: each step draws a tas
 that task generates, and regresses their velocities.
 
 Everything random in a step (task, modality, batch, prompt dropout, timesteps, noise) is drawn from generators
-seeded by (seed, step[, rank]), so a resumed run draws exactly what an uninterrupted one would; a checkpoint holds the
-trainable weights, the optimizer, the EMA and the step, and is written to a temporary folder renamed into place.
+seeded by (seed, step[, position of the sample in the step's batch]), so a resumed run draws exactly what an
+uninterrupted one would, and a batch split over N processes draws what one process would for all of it; a checkpoint
+holds the trainable weights, the optimizer, the EMA and the step, and is written to a temporary folder renamed into
+place. Under sharding (FSDP2, DeepSpeed ZeRO) see sharding.py for what changes.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, gather_object, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, DistributedType, gather_object, set_seed
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
@@ -28,8 +30,23 @@ from ..modalities import known_modalities, modality_prompt, register_modality
 from ..models import UnityVideoTransformer3DModel
 from ..tasks import resolve_task
 from .config import ConfigError, TrainConfig
-from .data import LatentCache, check_cache_fits, modality_columns, pad_tokens, read_metadata
-from .recipe import foreground_weight, lr_factor, noise_streams, sample_timesteps, stream_losses
+from .data import LatentCache, check_cache_fits, encode_split, modality_columns, pad_tokens, read_metadata
+from .recipe import NoisedStreams, foreground_weight, lr_factor, noise_streams, sample_timesteps, stream_losses
+from .sharding import (
+    RUN_LAYOUT,
+    check_deepspeed_installed,
+    check_resumable,
+    check_sharding_plan,
+    configure_deepspeed,
+    gather_full,
+    is_sharded,
+    load_sharded_ema,
+    owned_elements,
+    reshard,
+    run_layout,
+    save_sharded_ema,
+    unsharded_copy,
+)
 
 
 logger = logging.getLogger(__name__)
@@ -39,9 +56,12 @@ ADDED_MODULES = ("control_encoder.", "modality_proj_out.", "modality_scale_shift
 TRAINABLE_WEIGHTS = "trainable_weights.safetensors"
 
 
+SAMPLE_STREAMS = 1000  # stream 1000 + i: the i-th sample of a step's batch (over every process and micro-batch)
+
+
 def step_generator(seed: int, step: int, stream: int) -> torch.Generator:
     """A generator that depends only on (seed, step, stream): the same draws whether or not the run was resumed."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + step * 1009 + stream)
+    return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 1_000_033 + stream) % (1 << 63))
 
 
 class MultiTaskSampler:
@@ -75,7 +95,8 @@ class MultiTaskSampler:
         return task, modality
 
     def draw(self, step: int):
-        """(task, modality, row indices) of `step`; steps are drawn in order (a resumed run replays the choices)."""
+        """(task, modality, row indices per micro-batch) of `step`; steps are drawn in order (a resumed run replays
+        the choices)."""
         while self.next_step < step:
             self.drawn[self._choice(self.next_step)[1]] += self.config.gradient_accumulation_steps
             self.next_step += 1
@@ -155,14 +176,18 @@ def latest_checkpoint(save_path: Path) -> Path | None:
     return checkpoints[-1] if checkpoints else None
 
 
-def train(config: TrainConfig, extra_loss: Callable | None = None, progress: bool = True) -> Path:
+def train(
+    config: TrainConfig, extra_loss: Callable | None = None, progress: bool = True, encode_only: bool = False
+) -> Path:
     """
     Train and export; returns the export folder. `extra_loss(transformer, batch, prediction, streams, task)` adds a
     term to the loss (e.g. a perceptual loss on decoded frames); off by default, as in the authors' recipe.
+    `encode_only` stops once the latent cache is built (by every process, each its share) and returns its folder.
     """
     save_path = Path(config.save_path)
     save_path.mkdir(parents=True, exist_ok=True)
     rows_in_csv = modality_columns(config.dataset_path)
+    check_deepspeed_installed()
     accelerator = Accelerator(
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         mixed_precision=config.mixed_precision,
@@ -170,6 +195,10 @@ def train(config: TrainConfig, extra_loss: Callable | None = None, progress: boo
     )
     if config.resume and latest_checkpoint(save_path) is None:
         raise ConfigError(f"resume is set but {save_path} holds no checkpoint.")
+    check_sharding_plan(accelerator, config)
+    if config.resume:
+        check_resumable(accelerator, latest_checkpoint(save_path))
+    sharded = is_sharded(accelerator)
 
     set_seed(config.seed)  # adapter initialisation
 
@@ -199,16 +228,18 @@ def train(config: TrainConfig, extra_loss: Callable | None = None, progress: boo
             f"'segmentation' to modalities (now {modalities}; the CSV needs the column), or set foreground_loss_weight to 0."
         )
 
-    # 2. Data: encode once (main process), then every rank reads the cache
+    # 2. Data: encode once (each process its share of the rows), then every rank reads the cache
+    device = accelerator.device
     cache = LatentCache(config.latent_cache or save_path / "latent_cache")
     rows = read_metadata(config.dataset_path, modalities)
     held_out = LatentCache(save_path / "held_out_cache") if config.held_out_loss_every else None
     held_out_rows = read_metadata(config.held_out_dataset_path, modalities) if held_out else []
-    if accelerator.is_main_process:
-        _encode_once([(cache, rows), (held_out, held_out_rows)], transformer, modalities, config, progress)
-    accelerator.wait_for_everyone()
+    _encode_once([(cache, rows), (held_out, held_out_rows)], transformer, modalities, config, progress, device)
     index, prompts = cache.load()
     check_cache_fits(index, cache.index_path, modalities, config)
+    if encode_only:
+        accelerator.end_training()
+        return cache.folder
     config = dataclasses.replace(config, max_sequence_length=index["max_sequence_length"])  # as encoded
     usable = set(index["usable"])
     rows_with = {m: [r.index for r in rows if r.index in usable and m in r.modalities] for m in modalities}
@@ -232,26 +263,42 @@ def train(config: TrainConfig, extra_loss: Callable | None = None, progress: boo
     else:
         optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
     peak_lrs = [group["lr"] for group in groups]
-    trainable = [p for group in groups for p in group["params"]]
-    ema = None
-    if config.ema_decay > 0:
-        from diffusers.training_utils import EMAModel
-
-        decay = config.ema_decay**config.ema_every  # one update every `ema_every` steps, as the release did
-        ema = EMAModel(trainable, decay=decay, min_decay=decay)
 
     steps_per_epoch = -(
         -sum(len(v) for v in rows_with.values())
         // (config.batch_size * accelerator.num_processes * config.gradient_accumulation_steps)
     )
     total_steps = config.max_steps or config.max_epochs * max(steps_per_epoch, 1)
+    configure_deepspeed(accelerator, config)
     transformer, optimizer = accelerator.prepare(transformer, optimizer)
+    # the optimizer's parameters after prepare: under FSDP2 these are the sharded ones that replaced the originals;
+    # DeepSpeed's optimizer holds flat slices instead, and its engine the parameters
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        trainable = [p for p in transformer.parameters() if p.requires_grad]
+    else:
+        trainable = [p for group in optimizer.param_groups for p in group["params"]]
+    trainable_names = {id(p): name for name, p in transformer.named_parameters()}
+    trainable_names = [trainable_names[id(p)] for p in trainable]
+    # in the model's order: accelerate's FSDP clipping compares this list with the model's parameters element-wise
+    clipped = [p for p in transformer.parameters() if p.requires_grad]
+    ema = None
+    if config.ema_decay > 0:
+        from diffusers.training_utils import EMAModel
+
+        decay = config.ema_decay**config.ema_every  # one update every `ema_every` steps, as the release did
+        ema = EMAModel(trainable, decay=decay, min_decay=decay)  # beside the weights: same device, same slices
     progress_state = TrainingProgress()
     accelerator.register_for_checkpointing(progress_state)
-    if ema is not None:
+    if ema is not None and not sharded:  # accelerate saves custom objects from the main process alone
         accelerator.register_for_checkpointing(ema)
 
     def save_model_hook(models, weights, output_dir):
+        if accelerator.is_main_process:
+            Path(output_dir, RUN_LAYOUT).write_text(json.dumps(run_layout(accelerator)))
+        if sharded:  # accelerate writes the model's and optimizer's slices; the EMA's go beside them
+            if ema is not None:
+                save_sharded_ema(ema, trainable_names, Path(output_dir))
+            return
         if accelerator.is_main_process:
             save_file(
                 trainable_state(accelerator.unwrap_model(models[0])), os.path.join(output_dir, TRAINABLE_WEIGHTS)
@@ -259,6 +306,10 @@ def train(config: TrainConfig, extra_loss: Callable | None = None, progress: boo
         weights.clear()
 
     def load_model_hook(models, input_dir):
+        if sharded:
+            if ema is not None:
+                load_sharded_ema(ema, trainable_names, Path(input_dir))
+            return
         model = accelerator.unwrap_model(models.pop())
         state = load_file(os.path.join(input_dir, TRAINABLE_WEIGHTS))
         unexpected = model.load_state_dict(state, strict=False).unexpected_keys
@@ -269,8 +320,6 @@ def train(config: TrainConfig, extra_loss: Callable | None = None, progress: boo
     accelerator.register_load_state_pre_hook(load_model_hook)
     if config.resume:
         accelerator.load_state(str(latest_checkpoint(save_path)))
-    if ema is not None:  # made beside the model on the CPU; prepare moved the model to the accelerator
-        ema.to(accelerator.device)
 
     sampler = MultiTaskSampler(config, rows_with, accelerator.process_index, accelerator.num_processes)
     log = (save_path / "train_log.jsonl").open("a") if accelerator.is_main_process else None
@@ -280,9 +329,13 @@ def train(config: TrainConfig, extra_loss: Callable | None = None, progress: boo
         _held_out_batches(held_out, held_out_rows, modalities, config, accelerator.device) if held_out else {}
     )
 
-    def log_held_out() -> None:  # "step": optimizer updates done
-        if accelerator.is_main_process:
+    def log_held_out() -> None:  # "step": optimizer updates done; sharded, every rank takes part in the forward
+        if sharded:
+            losses = held_out_losses(transformer, held_out_batches)
+            reshard(transformer)
+        elif accelerator.is_main_process:
             losses = held_out_losses(accelerator.unwrap_model(transformer), held_out_batches)
+        if accelerator.is_main_process:
             log.write(json.dumps({"step": progress_state.step, "held_out": losses}) + "\n")
             log.flush()
 
@@ -294,7 +347,6 @@ def train(config: TrainConfig, extra_loss: Callable | None = None, progress: boo
         desc="training",
         disable=not (progress and accelerator.is_main_process),
     )
-    device = accelerator.device
     started = time.perf_counter()
     deadline = started + 60 * config.max_minutes if config.max_minutes else None
 
@@ -303,14 +355,16 @@ def train(config: TrainConfig, extra_loss: Callable | None = None, progress: boo
         task, modality, batches = sampler.draw(step)
         for group, peak in zip(optimizer.param_groups, peak_lrs):
             group["lr"] = peak * lr_factor(step, config.lr_warmup_steps, total_steps, config.lr_min_ratio)
-        generator = step_generator(config.seed, step, 1000 + accelerator.process_index)
-        for rows_in_batch in batches:
-            batch = _collate(cache, prompts, rows_in_batch, modality, config, generator, device)
+        for micro, rows_in_batch in enumerate(batches):
+            first = (micro * accelerator.num_processes + accelerator.process_index) * config.batch_size
+            generators = [
+                step_generator(config.seed, step, SAMPLE_STREAMS + first + i) for i in range(len(rows_in_batch))
+            ]
+            dropped = torch.cat([torch.rand(1, generator=g) for g in generators]) < config.prompt_dropout
+            batch = _collate(cache, prompts, rows_in_batch, modality, config, dropped, device)
             with accelerator.accumulate(transformer):
-                t = sample_timesteps(
-                    len(rows_in_batch), config.timestep_distribution, config.timestep_shift, generator
-                ).to(device)
-                streams = noise_streams(task, batch["rgb"], batch["modality"], t.cpu(), generator)
+                t, streams = _noise_samples(task, batch, config, generators)
+                t = t.to(device)
                 prediction = transformer(
                     hidden_states=streams.rgb.to(device),
                     timestep=t * 1000,
@@ -334,9 +388,7 @@ def train(config: TrainConfig, extra_loss: Callable | None = None, progress: boo
                     losses["loss"] = losses["loss"] + losses["extra"]
                 accelerator.backward(losses["loss"])
                 grad_norm = (
-                    accelerator.clip_grad_norm_(trainable, config.max_grad_norm)
-                    if accelerator.sync_gradients
-                    else None
+                    accelerator.clip_grad_norm_(clipped, config.max_grad_norm) if accelerator.sync_gradients else None
                 )
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -366,26 +418,34 @@ def train(config: TrainConfig, extra_loss: Callable | None = None, progress: boo
             log_held_out()
         if progress_state.step % config.checkpoint_every == 0 and not last:
             _save_checkpoint(accelerator, save_path, progress_state.step, config.keep_last_checkpoints)
-        if (
-            config.validation_every
-            and progress_state.step % config.validation_every == 0
-            and accelerator.is_main_process
-        ):
-            _validation_videos(accelerator.unwrap_model(transformer), config, modalities[0], progress_state.step)
+        if config.validation_every and progress_state.step % config.validation_every == 0:
+            if sharded:  # every rank runs the sharded model; the main process writes
+                _validation_videos(
+                    transformer, config, modalities[0], progress_state.step, accelerator.is_main_process
+                )
+                reshard(transformer)
+            elif accelerator.is_main_process:
+                _validation_videos(accelerator.unwrap_model(transformer), config, modalities[0], progress_state.step)
         if out_of_time:
             logger.info("max_minutes reached after %d of %d steps.", progress_state.step, total_steps)
             break
     bar.close()
 
     # 5. Export (and a last checkpoint, so the run can be extended), after checking the ranks agree
-    fingerprints = gather_object([_fingerprint(trainable)])
+    held = gather_object([{"rank": accelerator.process_index, **owned_elements(transformer, optimizer)}])
     if accelerator.is_main_process:
-        (save_path / "rank_fingerprints.json").write_text(json.dumps(fingerprints))
-    if len(set(fingerprints)) > 1:
-        raise RuntimeError(f"The ranks' weights diverged: {fingerprints}")
+        (save_path / "rank_memory.json").write_text(json.dumps(held, indent=2))
+    if not sharded:  # each rank holds the whole model: they must hold the same one
+        fingerprints = gather_object([_fingerprint(trainable)])
+        if accelerator.is_main_process:
+            (save_path / "rank_fingerprints.json").write_text(json.dumps(fingerprints))
+        if len(set(fingerprints)) > 1:
+            raise RuntimeError(f"The ranks' weights diverged: {fingerprints}")
     _save_checkpoint(accelerator, save_path, progress_state.step, config.keep_last_checkpoints)
     export = save_path / "final"
-    if accelerator.is_main_process:
+    if sharded:
+        _export_gathered(accelerator, transformer, trainable_names, ema, config, save_path)
+    elif accelerator.is_main_process:
         model = accelerator.unwrap_model(transformer)
         from .lora import export_trained
 
@@ -395,10 +455,43 @@ def train(config: TrainConfig, extra_loss: Callable | None = None, progress: boo
             ema.copy_to(trainable)
             export_trained(model, save_path / "final_ema", config)
             ema.restore(trainable)
+    if log is not None:
         log.close()
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return export
+
+
+def _export_gathered(accelerator: Accelerator, transformer, names: list[str], ema, config: TrainConfig, save_path):
+    """Sharded: every rank sends its slices, the main process rebuilds the full model (no second copy of the weights)
+    and writes final/ and final_ema/ exactly as an unsharded run does."""
+    from .lora import export_trained
+
+    state = accelerator.get_state_dict(transformer)  # the full weights, on the main process only
+    averaged = gather_full(ema.shadow_params) if ema is not None else None
+    if not accelerator.is_main_process:
+        return
+    model = unsharded_copy(accelerator.unwrap_model(transformer), state, lambda m: prepare_trainable(m, config))
+    export_trained(model, save_path / "final", config)
+    if averaged is not None:
+        model.load_state_dict(dict(zip(names, averaged)), strict=False, assign=True)
+        export_trained(model, save_path / "final_ema", config)
+
+
+def _noise_samples(task, batch: dict, config: TrainConfig, generators: list) -> tuple[torch.Tensor, NoisedStreams]:
+    """Times and noised streams of a batch, each sample from its own generator (after its prompt-dropout draw), so a
+    sample draws the same whichever process and micro-batch it falls in."""
+    times, samples = [], []
+    for i, generator in enumerate(generators):
+        t = sample_timesteps(1, config.timestep_distribution, config.timestep_shift, generator)
+        times.append(t)
+        samples.append(noise_streams(task, batch["rgb"][i : i + 1], batch["modality"][i : i + 1], t, generator))
+
+    def joined(name: str):
+        parts = [getattr(sample, name) for sample in samples]
+        return None if parts[0] is None else torch.cat(parts)
+
+    return torch.cat(times), NoisedStreams(*(joined(f.name) for f in dataclasses.fields(NoisedStreams)))
 
 
 def _encode_once(
@@ -407,18 +500,21 @@ def _encode_once(
     modalities: list[str],
     config: TrainConfig,
     progress: bool,
+    device,
 ) -> None:
-    """Build each incomplete cache with the VAE and text encoder of `config.model_path`, loaded once."""
+    """Build each incomplete cache with the VAE and text encoder of `config.model_path`, loaded once per process on
+    its own device; every process encodes its share of the rows (see `encode_split`). Call on every process."""
     pending = [(cache, rows) for cache, rows in caches if cache is not None and not cache.is_complete()]
     if not pending:
         return
     from ..pipelines import UnityVideoPipeline
 
-    pipe = UnityVideoPipeline.from_pretrained(config.model_path, transformer=transformer)
+    pipe = UnityVideoPipeline.from_pretrained(config.model_path, transformer=transformer).to(device)
     pipe.set_progress_bar_config(disable=True)
     with torch.no_grad():
         for cache, rows in pending:
-            cache.build(
+            encode_split(
+                cache,
                 rows,
                 pipe,
                 modalities,
@@ -448,7 +544,8 @@ def _held_out_batches(cache: LatentCache, rows: list, modalities: list[str], con
             chunks = []
             for start in range(0, len(with_modality), config.batch_size):
                 chunk = with_modality[start : start + config.batch_size]
-                batch = _collate(cache, prompts, chunk, modality, unbiased, generator, device)
+                dropped = torch.rand(len(chunk), generator=generator) < unbiased.prompt_dropout
+                batch = _collate(cache, prompts, chunk, modality, unbiased, dropped, device)
                 times = [torch.full((len(batch["rgb"]),), t) for t in HELD_OUT_TIMES]
                 chunks.append(
                     (batch, [(t, noise_streams(task, batch["rgb"], batch["modality"], t, generator)) for t in times])
@@ -497,13 +594,12 @@ def _collate(
     rows: list[int],
     modality: str,
     config: TrainConfig,
-    generator: torch.Generator,
+    dropped: torch.Tensor,
     device,
 ) -> dict:
-    """Latents and texts of `rows`; each RGB prompt is dropped (made empty) with probability `prompt_dropout`."""
+    """Latents and texts of `rows`; the RGB prompts where `dropped` is true are made empty (prompt dropout)."""
     samples = [cache.sample(row) for row in rows]
     length = config.max_sequence_length
-    dropped = torch.rand(len(rows), generator=generator) < config.prompt_dropout
     texts = [prompts["empty"] if drop else sample["prompt_embeds"] for drop, sample in zip(dropped, samples)]
     batch = {
         "rgb": torch.stack([s["rgb"] for s in samples]),
@@ -520,8 +616,9 @@ def _collate(
 
 
 @torch.no_grad()
-def _validation_videos(transformer, config: TrainConfig, modality: str, step: int) -> None:
-    """Generate `validation_prompts` with the model as it is now, into save_path/validation/step-N/."""
+def _validation_videos(transformer, config: TrainConfig, modality: str, step: int, write: bool = True) -> None:
+    """Generate `validation_prompts` with the model as it is now, into save_path/validation/step-N/ (when `write`:
+    a sharded model generates on every rank, and one writes)."""
     from ..pipelines import UnityVideoPipeline
     from ..video_io import save_video
 
@@ -540,8 +637,9 @@ def _validation_videos(transformer, config: TrainConfig, modality: str, step: in
             num_inference_steps=config.validation_steps,
             generator=torch.Generator().manual_seed(config.seed),
         )
-        save_video(out.frames[0], folder / f"{index:02d}_rgb.mp4")
-        save_video(out.modality_frames[0], folder / f"{index:02d}_{modality}.mp4")
+        if write:
+            save_video(out.frames[0], folder / f"{index:02d}_rgb.mp4")
+            save_video(out.modality_frames[0], folder / f"{index:02d}_{modality}.mp4")
     transformer.train(was_training)
 
 
