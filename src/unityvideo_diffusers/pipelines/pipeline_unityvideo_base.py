@@ -16,7 +16,6 @@ from typing import Any
 import torch
 from diffusers import AutoencoderKLWan, DiffusionPipeline
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
-from diffusers.loaders import WanLoraLoaderMixin
 from diffusers.pipelines.wan.pipeline_wan import WanPipeline
 from diffusers.utils import logging
 from diffusers.utils.torch_utils import randn_tensor
@@ -29,6 +28,7 @@ from ..sampling import resolve_sampling_defaults, trained_size
 from ..schedulers import scheduler_by_name
 from ..tasks import Task, resolve_task
 from ..video_io import VideoInput, as_video_list, load_frames, prepare_video
+from .lora_loader import UnityVideoLoraLoaderMixin
 
 
 WAN_TEXT_LENGTH = 512  # UMT5 tokens per text in Wan and in the released UnityVideo
@@ -71,7 +71,7 @@ def window_plan(num_frames: int, window: int, overlap: int) -> list[tuple[int, i
     return [(start, start + window) for start in starts]
 
 
-class UnityVideoBasePipeline(DiffusionPipeline, WanLoraLoaderMixin):
+class UnityVideoBasePipeline(DiffusionPipeline, UnityVideoLoraLoaderMixin):
     r"""
     Components: `tokenizer` and `text_encoder` (UMT5; optional when every text is passed pre-encoded), `transformer`
     ([`UnityVideoTransformer3DModel`]), `vae` ([`AutoencoderKLWan`], Wan2.2) and `scheduler` (any diffusers
@@ -84,11 +84,6 @@ class UnityVideoBasePipeline(DiffusionPipeline, WanLoraLoaderMixin):
 
     # UMT5 prompt encoding exactly as diffusers' Wan pipelines do it (padding embeddings zeroed, no mask)
     _get_t5_prompt_embeds = WanPipeline._get_t5_prompt_embeds
-
-    @classmethod
-    def _maybe_expand_t2v_lora_for_i2v(cls, transformer, state_dict):
-        # Wan's loader widens text-to-video LoRAs for I2V image layers; UnityVideo has no image branch
-        return state_dict
 
     def __init__(
         self,
