@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 
 import numpy as np
+import PIL.Image
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -117,3 +118,32 @@ def test_unload_lora_weights_gives_the_base_model_back(run, how):
     pipe.load_lora_weights(export)  # a second round trip starts from the base again
     pipe.unload_lora_weights()
     assert all(torch.equal(pipe.transformer.state_dict()[name], tensor) for name, tensor in original.items())
+
+
+def test_lora_option_of_the_jobs(run, tmp_path):
+    """`unityvideo estimate --lora EXPORT --lora-scale 0.5` runs what Python runs with the LoRA at scale 0.5."""
+    from unityvideo_diffusers.cli import main
+
+    config, export, _ = run
+    save_video(np.random.default_rng(1).random((9, 64, 64, 3)), tmp_path / "clip")
+    small = ["--height", "64", "--width", "64", "--steps", "2", "--model", config.model_path]
+    estimate = ["estimate", str(tmp_path / "clip"), "--modality", NEW, "--output", str(tmp_path / "cli")]
+    assert main([*estimate, *small, "--lora", str(export), "--lora-scale", "0.5"]) == 0
+    pipe = UnityVideoPerceptionPipeline.from_pretrained(config.model_path)
+    pipe.load_lora_weights(export, adapter_name="mine")
+    pipe.set_adapters("mine", 0.5)
+    expected = pipe(
+        video=str(tmp_path / "clip"),
+        modality=NEW,
+        prompt="",
+        height=64,
+        width=64,
+        num_inference_steps=2,
+        guidance_scale=1.0,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+    ).modality_frames[0]
+    save_video(expected, tmp_path / "python")
+    for cli_frame, python_frame in zip(sorted((tmp_path / "cli").iterdir()), sorted((tmp_path / "python").iterdir())):
+        assert np.array_equal(np.asarray(PIL.Image.open(cli_frame)), np.asarray(PIL.Image.open(python_frame)))
+    assert len(list((tmp_path / "cli").iterdir())) == 9

@@ -88,6 +88,8 @@ JOB_DEFAULTS = dict(
     offload=False,
     vae_tiling=False,
     scheduler=None,  # None: the model folder's, as for the sampling settings below
+    lora=None,
+    lora_scale=1.0,
     steps=None,
     guidance_scale=None,
     seed=0,
@@ -159,6 +161,8 @@ def _job_settings(job: str, args: argparse.Namespace) -> dict:
     for name in ("steps", "height", "width", "fps"):
         if settings[name] is not None and (not isinstance(settings[name], int) or settings[name] <= 0):
             raise ValueError(f"{name} must be a positive integer, got {settings[name]!r}.")
+    if not isinstance(settings["lora_scale"], (int, float)) or not math.isfinite(settings["lora_scale"]):
+        raise ValueError(f"lora_scale must be a number, got {settings['lora_scale']!r}.")
     if settings["frames"] is not None and (
         not isinstance(settings["frames"], int) or (settings["frames"] - 1) % 4 or settings["frames"] < 1
     ):
@@ -228,6 +232,10 @@ def _add_job_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--guidance-scale", type=float, help="classifier-free guidance, 1 = off (default: the model's)"
     )
+    parser.add_argument(
+        "--lora", help="a LoRA to load: a `unityvideo train` export or diffusers LoRA, folder or Hub id"
+    )
+    parser.add_argument("--lora-scale", type=float, help="strength of the LoRA's adapters (default 1)")
     parser.add_argument("--seed", type=int)
     parser.add_argument(
         "--frames", type=int, help="4k+1 (default: the model's; control and estimate: the video's length)"
@@ -393,13 +401,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _demo(args: argparse.Namespace) -> str:
+    from .validation import check_model_source
+
     args.model = args.model or _default_model()
     try:
         from .demo import launch
     except ImportError as error:
         raise ValueError(f"The demo needs Gradio: pip install 'unityvideo-diffusers[demo]' ({error}).") from None
-    if not Path(args.model).exists() and args.model.count("/") != 1:
-        raise FileNotFoundError(f"--model {args.model} is neither a folder nor a Hub id (owner/name).")
+    check_model_source(args.model, "--model")
     launch(args.model, args.device, args.dtype, args.host, args.port, args.share)
     return "Demo stopped."
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..modalities import resolve_modality
 from ..tasks import TASK_NAMES, resolve_task
-from ..validation import unknown_key
+from ..validation import check_model_source, unknown_key
 
 
 class ConfigError(ValueError):
@@ -92,6 +92,11 @@ class TrainConfig:
                 problems.append(message)
 
         need(bool(self.model_path), "model_path is required (a UnityVideo pipeline folder or Hub id)")
+        if self.model_path:
+            try:
+                check_model_source(self.model_path, "model_path")
+            except (OSError, ValueError) as error:
+                problems.append(str(error).rstrip("."))
         need(bool(self.dataset_path), "dataset_path is required (the metadata CSV)")
         if self.dataset_path:
             need(Path(self.dataset_path).is_file(), f"dataset_path {self.dataset_path} is not a file")
