@@ -26,6 +26,7 @@ from ..modalities import modality_prompt
 from ..models import UnityVideoTransformer3DModel
 from ..sampling import resolve_sampling_defaults, trained_size
 from ..schedulers import scheduler_by_name
+from ..schedulers.flow_matching import check_flow_scheduler, keep_flow_shift
 from ..tasks import Task, resolve_task
 from ..video_io import VideoInput, as_video_list, load_frames, prepare_video
 from .lora_loader import UnityVideoLoraLoaderMixin
@@ -106,6 +107,15 @@ class UnityVideoBasePipeline(DiffusionPipeline, UnityVideoLoraLoaderMixin):
         self.vae_scale_factor_spatial = vae.config.scale_factor_spatial if vae is not None else 16
         self.video_processor = VideoProcessor(vae_scale_factor=self.vae_scale_factor_spatial)
         self._modality_prompt_cache: dict[tuple, torch.Tensor] = {}
+
+    def __setattr__(self, name: str, value: Any):
+        """A scheduler is checked when set, at construction too: it must sample a flow-matching model, and one that
+        replaces another keeps the other's flow shift unless it chose its own (see `schedulers/flow_matching.py`)."""
+        if name == "scheduler" and value is not None:
+            check_flow_scheduler(value)
+            previous = self.__dict__.get("scheduler")
+            value = value if previous is None else keep_flow_shift(previous, value)
+        super().__setattr__(name, value)
 
     @classmethod
     def from_pipe(cls, pipeline, **components):
@@ -262,6 +272,7 @@ class UnityVideoBasePipeline(DiffusionPipeline, UnityVideoLoraLoaderMixin):
         callback_on_step_end_tensor_inputs,
     ) -> None:
         """Everything that can be checked before any heavy work."""
+        check_flow_scheduler(self.scheduler)  # again: its config may have changed since it was set
         p_t, p_h, p_w = self.transformer.config.patch_size
         multiple_h, multiple_w = self.vae_scale_factor_spatial * p_h, self.vae_scale_factor_spatial * p_w
         for name, value, multiple in (("height", height, multiple_h), ("width", width, multiple_w)):
