@@ -11,6 +11,7 @@ import copy
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,6 +29,7 @@ from ..sampling import resolve_sampling_defaults, trained_size
 from ..schedulers import scheduler_by_name
 from ..schedulers.flow_matching import check_flow_scheduler, keep_flow_shift
 from ..tasks import Task, resolve_task
+from ..validation import check_size
 from ..video_io import VideoInput, as_video_list, load_frames, prepare_video
 from .lora_loader import UnityVideoLoraLoaderMixin
 
@@ -140,6 +142,24 @@ class UnityVideoBasePipeline(DiffusionPipeline, UnityVideoLoraLoaderMixin):
         new.set_progress_bar_config(**getattr(pipeline, "_progress_bar_config", {}))
         return new
 
+    def save_pretrained(self, save_directory, safe_serialization: bool = True, variant: str | None = None, **kwargs):
+        """
+        diffusers' `save_pretrained`. With `push_to_hub=True` the saved folder then gets the UnityVideo model card
+        (license, base model, modalities, usage; diffusers would write its generic one) and is uploaded, with
+        diffusers' options `repo_id` (default: the folder's name), `private`, `token`, `commit_message`, `create_pr`.
+        """
+        push = kwargs.pop("push_to_hub", False)
+        hub = {
+            key: kwargs.pop(key)
+            for key in ("repo_id", "private", "token", "commit_message", "create_pr")
+            if key in kwargs
+        }
+        super().save_pretrained(save_directory, safe_serialization=safe_serialization, variant=variant, **kwargs)
+        if push:
+            from ..hub import push_folder
+
+            return push_folder(save_directory, hub.pop("repo_id", Path(save_directory).name), **hub)
+
     def push_to_hub(
         self,
         repo_id: str,
@@ -153,12 +173,17 @@ class UnityVideoBasePipeline(DiffusionPipeline, UnityVideoLoraLoaderMixin):
         """Save the pipeline with a UnityVideo model card (license, base model, modalities, usage) and upload it."""
         import tempfile
 
-        from ..hub import push_folder
-
         with tempfile.TemporaryDirectory() as folder:
-            self.save_pretrained(folder, safe_serialization=safe_serialization, variant=variant)
-            return push_folder(
-                folder, repo_id, private=private, token=token, commit_message=commit_message, create_pr=create_pr
+            return self.save_pretrained(
+                folder,
+                safe_serialization=safe_serialization,
+                variant=variant,
+                push_to_hub=True,
+                repo_id=repo_id,
+                commit_message=commit_message,
+                private=private,
+                token=token,
+                create_pr=create_pr,
             )
 
     @classmethod
@@ -274,13 +299,8 @@ class UnityVideoBasePipeline(DiffusionPipeline, UnityVideoLoraLoaderMixin):
         """Everything that can be checked before any heavy work."""
         check_flow_scheduler(self.scheduler)  # again: its config may have changed since it was set
         p_t, p_h, p_w = self.transformer.config.patch_size
-        multiple_h, multiple_w = self.vae_scale_factor_spatial * p_h, self.vae_scale_factor_spatial * p_w
-        for name, value, multiple in (("height", height, multiple_h), ("width", width, multiple_w)):
-            if not isinstance(value, int) or value <= 0 or value % multiple:
-                raise ValueError(
-                    f"`{name}` must be a positive multiple of {multiple} (VAE {self.vae_scale_factor_spatial}x times "
-                    f"patch {multiple // self.vae_scale_factor_spatial}), got {value!r}."
-                )
+        check_size("height", height, self.vae_scale_factor_spatial, p_h)
+        check_size("width", width, self.vae_scale_factor_spatial, p_w)
         temporal = self.vae_scale_factor_temporal * p_t
         for name, value in (("num_frames", num_frames), ("window_frames", window_frames)):
             if not isinstance(value, int) or value < 1 or (value - 1) % temporal:
