@@ -147,3 +147,31 @@ def test_lora_option_of_the_jobs(run, tmp_path):
     for cli_frame, python_frame in zip(sorted((tmp_path / "cli").iterdir()), sorted((tmp_path / "python").iterdir())):
         assert np.array_equal(np.asarray(PIL.Image.open(cli_frame)), np.asarray(PIL.Image.open(python_frame)))
     assert len(list((tmp_path / "cli").iterdir())) == 9
+
+
+def test_load_lora_weights_from_a_hub_repo(run, tmp_path):
+    """An export uploaded to the Hub loads by repo id with everything (read here from a Hub-shaped cache, offline, where diffusers needs `weight_name`)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    config, export, _ = run
+    repo = tmp_path / "hub" / "models--me--lora"
+    shutil.copytree(export, repo / "snapshots" / ("0" * 40))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    script = (
+        "import torch; from safetensors.torch import load_file; "
+        "from unityvideo_diffusers import UnityVideoPipeline; "
+        f"pipe = UnityVideoPipeline.from_pretrained({config.model_path!r}); "
+        "pipe.load_lora_weights('me/lora', weight_name='pytorch_lora_weights.safetensors'); "
+        f"extra = load_file({str(export / 'unityvideo_extra_weights.safetensors')!r}); "
+        "parameters = dict(pipe.transformer.named_parameters()); "
+        "print(all(torch.equal(parameters[k], v) for k, v in extra.items()), "
+        "pipe.transformer.config.modalities[-1], len(pipe.get_list_adapters()['transformer']))"
+    )
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=environment)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["True", NEW, "1"]
