@@ -16,9 +16,10 @@ from pathlib import Path
 
 import yaml
 
+from unityvideo_diffusers.cli import NUMERIC_OPTIONS
 from unityvideo_diffusers.hub import network_errors
 from unityvideo_diffusers.tasks import resolve_task
-from unityvideo_diffusers.validation import check_model_source, load_yaml, size_factors, unknown_key
+from unityvideo_diffusers.validation import check_model_source, load_yaml, numeric_problem, size_factors, unknown_key
 
 
 KEYS = {  # founding-description key -> unityvideo job setting
@@ -54,13 +55,16 @@ def nearest_size(size: int, multiple: int) -> int:
 
 def parse_resolution(value) -> tuple[int, int]:
     """256, "256", "448x256" (width x height), or [256, 448] (height, width) -> (height, width)."""
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, (list, tuple)) and len(value) == 2:
         height, width = value
-    elif isinstance(value, str) and "x" in value.lower():
+    elif isinstance(value, str) and value.lower().count("x") == 1:
         width, height = value.lower().split("x")
     else:
         height = width = value
-    return int(height), int(width)
+    sizes = [numeric_problem("resolution", size, whole=True) for size in (height, width)]
+    if any(problem for problem, _ in sizes):
+        raise ValueError(f'resolution must be 256, "448x256" (width x height) or [256, 448], got {value!r}.')
+    return sizes[0][1], sizes[1][1]
 
 
 def settings_from(config: dict, device: str | None) -> tuple[str, dict, list[str]]:
@@ -69,11 +73,17 @@ def settings_from(config: dict, device: str | None) -> tuple[str, dict, list[str
         if key in TRAINING_ONLY:
             notes.append(f"{key} is a training setting; ignored at inference.")
         elif key in KEYS:
+            if KEYS[key] in NUMERIC_OPTIONS:  # named by the file's key, as the user wrote it
+                problem, value = numeric_problem(key, value, whole=NUMERIC_OPTIONS[KEYS[key]])
+                if problem:
+                    raise ValueError(f"{problem}.")
             settings[KEYS[key]] = value
         elif key not in SPECIAL:
             raise ValueError(unknown_key(key, KEYS.keys() | SPECIAL))
     if "video_length" in config:
-        frames = int(config["video_length"])
+        problem, frames = numeric_problem("video_length", config["video_length"], whole=True)
+        if problem:
+            raise ValueError(f"{problem}.")
         settings["frames"] = nearest_frames(frames)
         if settings["frames"] != frames:
             notes.append(f"video_length {frames} is not 4k+1; using {settings['frames']}.")

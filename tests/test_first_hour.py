@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import decimal
 import json
+import shutil
+import subprocess
 import sys
 import typing
 from pathlib import Path
 
 import httpx2
+import huggingface_hub
 import numpy as np
 import pytest
 
@@ -126,8 +129,6 @@ def one_line_error(capsys, argv: list[str], command: str) -> str:
 
 
 def test_network_failures_are_one_line(unreachable_hub, model, tmp_path, capsys):
-    import shutil
-
     from conftest import reference_for
     from safetensors.torch import save_file
 
@@ -184,12 +185,33 @@ def test_one_size_rule_for_the_pipelines_the_cli_and_training(model, dataset, ca
             TrainConfig.from_dict({**config, "height": step + 8})
 
 
-def test_inference_script_reads_the_articles_task_names(model, tmp_path):
+def inference_settings_from():
     sys.path.insert(0, str(ROOT / "scripts"))
     try:
-        from inference import settings_from
+        from inference import KEYS, settings_from
     finally:
         sys.path.remove(str(ROOT / "scripts"))
+    return KEYS, settings_from
+
+
+def test_inference_script_numbers_read_as_written():
+    keys, settings_from = inference_settings_from()
+    numeric_keys = {key: setting for key, setting in keys.items() if setting in NUMERIC_OPTIONS}
+    assert numeric_keys.keys() == {"guidance_scale", "seed", "num_inference_steps", "fps"}
+    for key, setting in numeric_keys.items():
+        _, settings, _ = settings_from({key: 3e0}, None)
+        assert settings[setting] == 3 and type(settings[setting]) is (int if NUMERIC_OPTIONS[setting] else float)
+        with pytest.raises(ValueError, match=f"^{key} must be a (whole )?number, got 'abc'"):
+            settings_from({key: "abc"}, None)
+    sized = settings_from({"video_length": 33e0, "resolution": "448x256"}, None)[1]
+    assert sized == dict(frames=33, height=256, width=448)
+    for key in ("video_length", "resolution"):
+        with pytest.raises(ValueError, match=f"^{key} must be"):
+            settings_from({key: "abc"}, None)
+
+
+def test_inference_script_reads_the_articles_task_names(model, tmp_path):
+    _, settings_from = inference_settings_from()
     assert settings_from({"task": "text2video", "text_prompt": "a ball"}, None)[0] == "generate"
     video = {"video_path": "clip.mp4", "estimate_type": "depth"}
     assert settings_from({"task": "video2flow", **video}, None)[0] == "estimate"
@@ -197,8 +219,6 @@ def test_inference_script_reads_the_articles_task_names(model, tmp_path):
         settings_from({"task": "text2video", **video}, None)
     config = tmp_path / "inference.yaml"
     config.write_text("task: text2video\nmodel_path: ./pretrained_models\ntext_prompt: a ball\n")
-    import subprocess
-
     result = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "inference.py"), "--config", str(config)],
         capture_output=True,
@@ -209,8 +229,6 @@ def test_inference_script_reads_the_articles_task_names(model, tmp_path):
 
 
 def test_save_pretrained_push_to_hub_writes_the_unityvideo_card(monkeypatch, tmp_path):
-    import huggingface_hub
-
     uploads = []
 
     class FakeHub:

@@ -5,6 +5,10 @@ model bit for bit in fp32 (adapters, the modality-stream modules trained in full
 from __future__ import annotations
 
 import csv
+import os
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import PIL.Image
@@ -150,12 +154,8 @@ def test_lora_option_of_the_jobs(run, tmp_path):
 
 
 def test_load_lora_weights_from_a_hub_repo(run, tmp_path):
-    """An export uploaded to the Hub loads by repo id with everything (read here from a Hub-shaped cache, offline, where diffusers needs `weight_name`)."""
-    import os
-    import shutil
-    import subprocess
-    import sys
-
+    """An export uploaded to the Hub loads by repo id with everything (read here from a Hub-shaped cache, offline,
+    where diffusers needs `weight_name`)."""
     config, export, _ = run
     repo = tmp_path / "hub" / "models--me--lora"
     shutil.copytree(export, repo / "snapshots" / ("0" * 40))
