@@ -9,9 +9,9 @@ import sys
 import time
 from pathlib import Path
 
+from .hub import network_errors
 from .schedulers import SCHEDULER_NAMES
 from .tasks import TASK_NAMES, resolve_task
-from .hub import network_errors
 
 
 def _convert(args: argparse.Namespace) -> str:
