@@ -84,9 +84,9 @@ def test_inference_script_names_unknown_keys(tmp_path):
 
 
 def test_documented_training_config_is_valid():
-    values = yaml.safe_load((ROOT / "configs" / "train" / "finetune_config.yaml").read_text())
     from unityvideo_diffusers.training import ConfigError, TrainConfig
 
     with pytest.raises(ConfigError) as error:  # only the paths are placeholders
-        TrainConfig.from_dict(values)
-    assert str(error.value).count("\n  - ") == 1 and "dataset_path data/metadata.csv is not a file" in str(error.value)
+        TrainConfig.from_yaml(ROOT / "configs" / "train" / "finetune_config.yaml")
+    assert str(error.value).count("\n  - ") == 2 and "dataset_path data/metadata.csv is not a file" in str(error.value)
+    assert "model_path unityvideo-5b: no such folder, and not a Hub id" in str(error.value)

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from .hub import network_errors
 from .schedulers import SCHEDULER_NAMES
 from .tasks import TASK_NAMES, resolve_task
 
@@ -61,16 +62,20 @@ def _convert(args: argparse.Namespace) -> str:
 
 
 def _train(args: argparse.Namespace) -> str:
+    import yaml
+
     from .training import TrainConfig, train
+    from .validation import load_yaml
 
     overrides = {}
     for item in args.set or []:
         key, separator, value = item.partition("=")
         if not separator:
             raise ValueError(f"--set takes KEY=VALUE, got {item!r}.")
-        import yaml
-
-        overrides[key] = yaml.safe_load(value)
+        try:
+            overrides[key] = load_yaml(value)
+        except yaml.YAMLError as error:
+            raise ValueError(f"--set {item}: {error}") from None
     if args.resume:
         overrides["resume"] = True
     config = TrainConfig.from_yaml(args.config, overrides) if args.config else TrainConfig.from_dict(overrides)
@@ -90,6 +95,8 @@ JOB_DEFAULTS = dict(
     offload=False,
     vae_tiling=False,
     scheduler=None,  # None: the model folder's, as for the sampling settings below
+    lora=None,
+    lora_scale=1.0,
     steps=None,
     guidance_scale=None,
     seed=0,
@@ -105,6 +112,16 @@ JOB_DEFAULTS = dict(
     control_image=None,
     video=None,
 )
+NUMERIC_OPTIONS = {  # option -> whether it is a whole number
+    "steps": True,
+    "frames": True,
+    "height": True,
+    "width": True,
+    "fps": True,
+    "seed": True,
+    "guidance_scale": False,
+    "lora_scale": False,
+}
 JOB_OPTIONS = {
     "generate": {"prompt", "negative_prompt", "modality", "image"},
     "control": {"prompt", "negative_prompt", "modality", "control_video", "control_image"},
@@ -135,6 +152,8 @@ def _job_settings(job: str, args: argparse.Namespace) -> dict:
     """Defaults, then the YAML file, then the flags given on the command line (each level overrides the previous).
     Sampling settings left unset (size, frames, steps, guidance, scheduler) are the model folder's, filled in by the
     pipeline."""
+    from .validation import check_size, numeric_problem, size_factors
+
     allowed = SHARED_OPTIONS | JOB_OPTIONS[job]
     settings = {key: value for key, value in JOB_DEFAULTS.items() if key in allowed}
     if job == "restyle":
@@ -158,9 +177,20 @@ def _job_settings(job: str, args: argparse.Namespace) -> dict:
     for name in ("video", "control_video", "control_image", "image"):
         if settings.get(name) and not Path(settings[name]).exists():
             raise FileNotFoundError(f"--{name.replace('_', '-')} {settings[name]} does not exist.")
-    for name in ("steps", "height", "width", "fps"):
-        if settings[name] is not None and (not isinstance(settings[name], int) or settings[name] <= 0):
+    for name, whole in NUMERIC_OPTIONS.items():
+        if settings.get(name) is not None:
+            problem, settings[name] = numeric_problem(name, settings[name], whole)
+            if problem:
+                raise ValueError(f"{problem}.")
+    vae_factor, patch = size_factors(settings["model"])  # the pipeline's rule, before it is loaded
+    for name in ("height", "width"):
+        if settings[name] is not None:
+            check_size(name, settings[name], vae_factor, patch)
+    for name in ("steps", "fps"):
+        if settings[name] is not None and settings[name] <= 0:
             raise ValueError(f"{name} must be a positive integer, got {settings[name]!r}.")
+    if not math.isfinite(settings["lora_scale"]):
+        raise ValueError(f"lora_scale must be a finite number, got {settings['lora_scale']!r}.")
     if settings["frames"] is not None and (
         not isinstance(settings["frames"], int) or (settings["frames"] - 1) % 4 or settings["frames"] < 1
     ):
@@ -173,10 +203,10 @@ def _job_settings(job: str, args: argparse.Namespace) -> dict:
 def _read_job_config(path: str, allowed: set[str]) -> dict:
     import yaml
 
-    from .validation import unknown_key
+    from .validation import load_yaml, unknown_key
 
     try:
-        values = yaml.safe_load(Path(path).read_text()) or {}
+        values = load_yaml(Path(path).read_text()) or {}
     except (OSError, yaml.YAMLError) as error:
         raise ValueError(f"Cannot read --config {path}: {error}") from None
     if not isinstance(values, dict):
@@ -270,6 +300,10 @@ def _add_job_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--guidance-scale", type=float, help="classifier-free guidance, 1 = off (default: the model's)"
     )
+    parser.add_argument(
+        "--lora", help="a LoRA to load: a `unityvideo train` export or diffusers LoRA, folder or Hub id"
+    )
+    parser.add_argument("--lora-scale", type=float, help="strength of the LoRA's adapters (default 1)")
     parser.add_argument("--seed", type=int)
     parser.add_argument(
         "--frames", type=int, help="4k+1 (default: the model's; control and estimate: the video's length)"
@@ -440,20 +474,22 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.set_defaults(run=_eval)
 
     info = commands.add_parser("info", help="what a model folder holds")
-    info.add_argument("model", nargs="?", help="a UnityVideo pipeline or transformer folder (required)")
+    info.add_argument("model", nargs="?", help="a UnityVideo pipeline or transformer folder (required; or --model)")
+    info.add_argument("--model", dest="model_option", metavar="MODEL", help="the same, as the other commands take it")
     info.add_argument("--config", help="YAML file of these options")
-    info.set_defaults(run=_info, parser=info, required=("model",))
+    info.set_defaults(run=_info, parser=info, required=())
     return parser
 
 
 def _demo(args: argparse.Namespace) -> str:
+    from .validation import check_model_source
+
     args.model = args.model or _default_model()
     try:
         from .demo import launch
     except ImportError as error:
         raise ValueError(f"The demo needs Gradio: pip install 'unityvideo-diffusers[demo]' ({error}).") from None
-    if not Path(args.model).exists() and args.model.count("/") != 1:
-        raise FileNotFoundError(f"--model {args.model} is neither a folder nor a Hub id (owner/name).")
+    check_model_source(args.model, "--model")
     launch(args.model, args.device, args.dtype, args.host, args.port, args.share)
     return "Demo stopped."
 
@@ -497,7 +533,11 @@ def _push(args: argparse.Namespace) -> str:
 
 
 def _info(args: argparse.Namespace) -> str:
-    folder = Path(args.model)
+    if args.model and args.model_option and args.model != args.model_option:
+        raise ValueError(f"Two models given: {args.model} and --model {args.model_option}.")
+    if not (args.model or args.model_option):
+        raise ValueError("missing the model folder (unityvideo info FOLDER, or --model FOLDER).")
+    folder = Path(args.model or args.model_option)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} is not a folder.")
     transformer = folder / "transformer" if (folder / "transformer" / "config.json").is_file() else folder
@@ -525,6 +565,11 @@ def _info(args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -533,8 +578,12 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(args, "parser"):  # commands whose options may also come from --config
             _apply_config(args)
         message = args.run(args)
-    except (ValueError, TypeError, OSError) as error:
+    except OSError as error:  # files, and the Hub's HTTP errors (whose messages run over several lines)
+        parser.exit(2, f"unityvideo {command}: error: {_first_line(error)}\n")
+    except (ValueError, TypeError) as error:
         parser.exit(2, f"unityvideo {command}: error: {error}\n")
+    except network_errors() as error:  # the HTTP library's own: no connection at all
+        parser.exit(2, f"unityvideo {command}: error: cannot reach the Hugging Face Hub: {_first_line(error)}\n")
     print(message)
     return 0
 

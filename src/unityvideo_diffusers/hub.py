@@ -10,6 +10,16 @@ from pathlib import Path
 CARD_NAME = "README.md"
 
 
+def network_errors() -> tuple[type[BaseException], ...]:
+    """What a request to the Hub raises when it cannot be reached or refuses: huggingface_hub's own HTTP errors are
+    OSErrors, but its HTTP library's connection errors (httpx's for huggingface_hub >= 1, a base of its HTTP error
+    class) are not."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    library_errors = [base for base in HfHubHTTPError.__mro__[1:] if base.__name__ == "HTTPError"]
+    return (OSError, *library_errors)
+
+
 def model_card(folder: str | os.PathLike, repo_id: str, base_model: str = "KlingTeam/UnityVideo") -> str:
     """A model card for a UnityVideo folder: metadata, what it does, the modalities, usage and training settings."""
     folder = Path(folder)

@@ -12,6 +12,7 @@ import torch
 from .modalities import decode_depth, decode_flow, decode_segmentation
 from .schedulers import scheduler_by_name
 from .tasks import resolve_task
+from .validation import check_model_source
 from .video_io import load_frames, save_video
 
 
@@ -24,15 +25,29 @@ DECODERS = {
 
 
 def load_pipeline(
-    pipeline_class, model: str, device: str, dtype: str, offload: bool, vae_tiling: bool, scheduler: str
+    pipeline_class,
+    model: str,
+    device: str,
+    dtype: str,
+    offload: bool,
+    vae_tiling: bool,
+    scheduler: str,
+    lora: str | None = None,
+    lora_scale: float = 1.0,
 ):
+    """The job's pipeline; `lora` (a trainer's export or any diffusers LoRA, folder or Hub id) loaded as the adapter
+    "lora" at `lora_scale` (the modality-stream weights of an export apply in full)."""
     if dtype not in DTYPES:
         raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}.")
-    if not Path(model).exists() and model.count("/") != 1:
-        raise FileNotFoundError(f"--model {model} is neither a folder nor a Hub id (owner/name).")
+    check_model_source(model, "--model")
+    if lora is not None:
+        check_model_source(lora, "--lora")
     pipe = pipeline_class.from_pretrained(model, dtype=DTYPES[dtype])
     if scheduler is not None:  # None: the folder's, for each job its own
         pipe.scheduler = scheduler_by_name(scheduler, pipe.scheduler)
+    if lora is not None:
+        pipe.load_lora_weights(lora, adapter_name="lora")
+        pipe.set_adapters("lora", lora_scale)
     if vae_tiling:
         pipe.vae.enable_tiling()
     if offload:
@@ -87,6 +102,8 @@ def pipeline_for(job: str, settings: dict):
         settings["offload"],
         settings["vae_tiling"],
         settings["scheduler"],
+        settings.get("lora"),
+        settings.get("lora_scale", 1.0),
     )
 
 

@@ -72,6 +72,15 @@ def _is_frame(item) -> bool:
     return isinstance(item, PIL.Image.Image) or (isinstance(item, np.ndarray) and item.ndim in (2, 3))
 
 
+def _library_message(error: Exception) -> str:
+    """A video library's error in one line: its own first line and, when it quotes ffmpeg's output (a 20-line banner
+    of version and build options, then what went wrong), the last line, which says what went wrong."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    return lines[0] if len(lines) == 1 else f"{lines[0]} ({lines[-1]})"
+
+
 def _read_path(path: Path) -> list[PIL.Image.Image]:
     if not path.exists():
         raise FileNotFoundError(f"No video at {path}.")
@@ -87,7 +96,7 @@ def _read_path(path: Path) -> list[PIL.Image.Image]:
     try:
         frames = load_video(str(path))
     except Exception as error:  # the readers raise many kinds; all mean the same to a user
-        raise ValueError(f"Cannot read the video {path}: {error}") from None
+        raise ValueError(f"Cannot read the video {path}: {_library_message(error)}") from None
     if not frames:
         raise ValueError(f"The video {path} has no readable frames.")
     return frames
@@ -129,5 +138,8 @@ def save_video(frames, path: str | os.PathLike, fps: int = 8) -> Path:
     else:
         from diffusers.utils import export_to_video
 
-        export_to_video(frames, str(path), fps=fps)
+        try:
+            export_to_video(frames, str(path), fps=fps)
+        except (OSError, RuntimeError, ValueError) as error:
+            raise OSError(f"Cannot write the video {path}: {_library_message(error)}") from None
     return path

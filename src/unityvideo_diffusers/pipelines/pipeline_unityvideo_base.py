@@ -12,12 +12,12 @@ import itertools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from diffusers import AutoencoderKLWan, DiffusionPipeline
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
-from diffusers.loaders import WanLoraLoaderMixin
 from diffusers.pipelines.wan.pipeline_wan import WanPipeline
 from diffusers.utils import logging
 from diffusers.utils.torch_utils import randn_tensor
@@ -28,8 +28,11 @@ from ..modalities import modality_prompt
 from ..models import UnityVideoTransformer3DModel
 from ..sampling import resolve_sampling_defaults, trained_size
 from ..schedulers import scheduler_by_name
+from ..schedulers.flow_matching import check_flow_scheduler, keep_flow_shift
 from ..tasks import Task, resolve_task
+from ..validation import check_size
 from ..video_io import VideoInput, as_video_list, load_frames, prepare_video
+from .lora_loader import UnityVideoLoraLoaderMixin
 
 
 WAN_TEXT_LENGTH = 512  # UMT5 tokens per text in Wan and in the released UnityVideo
@@ -72,7 +75,7 @@ def window_plan(num_frames: int, window: int, overlap: int) -> list[tuple[int, i
     return [(start, start + window) for start in starts]
 
 
-class UnityVideoBasePipeline(DiffusionPipeline, WanLoraLoaderMixin):
+class UnityVideoBasePipeline(DiffusionPipeline, UnityVideoLoraLoaderMixin):
     r"""
     Components: `tokenizer` and `text_encoder` (UMT5; optional when every text is passed pre-encoded), `transformer`
     ([`UnityVideoTransformer3DModel`]), `vae` ([`AutoencoderKLWan`], Wan2.2) and `scheduler` (any diffusers
@@ -92,11 +95,6 @@ class UnityVideoBasePipeline(DiffusionPipeline, WanLoraLoaderMixin):
 
     # UMT5 prompt encoding exactly as diffusers' Wan pipelines do it (padding embeddings zeroed, no mask)
     _get_t5_prompt_embeds = WanPipeline._get_t5_prompt_embeds
-
-    @classmethod
-    def _maybe_expand_t2v_lora_for_i2v(cls, transformer, state_dict):
-        # Wan's loader widens text-to-video LoRAs for I2V image layers; UnityVideo has no image branch
-        return state_dict
 
     def __init__(
         self,
@@ -121,6 +119,15 @@ class UnityVideoBasePipeline(DiffusionPipeline, WanLoraLoaderMixin):
         self._modality_prompt_cache: dict[tuple, torch.Tensor] = {}
         self._step_memo: dict[tuple, tuple] = {}
 
+    def __setattr__(self, name: str, value: Any):
+        """A scheduler is checked when set, at construction too: it must sample a flow-matching model, and one that
+        replaces another keeps the other's flow shift unless it chose its own (see `schedulers/flow_matching.py`)."""
+        if name == "scheduler" and value is not None:
+            check_flow_scheduler(value)
+            previous = self.__dict__.get("scheduler")
+            value = value if previous is None else keep_flow_shift(previous, value)
+        super().__setattr__(name, value)
+
     @classmethod
     def from_pipe(cls, pipeline, **components):
         """
@@ -144,6 +151,24 @@ class UnityVideoBasePipeline(DiffusionPipeline, WanLoraLoaderMixin):
         new.set_progress_bar_config(**getattr(pipeline, "_progress_bar_config", {}))
         return new
 
+    def save_pretrained(self, save_directory, safe_serialization: bool = True, variant: str | None = None, **kwargs):
+        """
+        diffusers' `save_pretrained`. With `push_to_hub=True` the saved folder then gets the UnityVideo model card
+        (license, base model, modalities, usage; diffusers would write its generic one) and is uploaded, with
+        diffusers' options `repo_id` (default: the folder's name), `private`, `token`, `commit_message`, `create_pr`.
+        """
+        push = kwargs.pop("push_to_hub", False)
+        hub = {
+            key: kwargs.pop(key)
+            for key in ("repo_id", "private", "token", "commit_message", "create_pr")
+            if key in kwargs
+        }
+        super().save_pretrained(save_directory, safe_serialization=safe_serialization, variant=variant, **kwargs)
+        if push:
+            from ..hub import push_folder
+
+            return push_folder(save_directory, hub.pop("repo_id", Path(save_directory).name), **hub)
+
     def push_to_hub(
         self,
         repo_id: str,
@@ -157,12 +182,17 @@ class UnityVideoBasePipeline(DiffusionPipeline, WanLoraLoaderMixin):
         """Save the pipeline with a UnityVideo model card (license, base model, modalities, usage) and upload it."""
         import tempfile
 
-        from ..hub import push_folder
-
         with tempfile.TemporaryDirectory() as folder:
-            self.save_pretrained(folder, safe_serialization=safe_serialization, variant=variant)
-            return push_folder(
-                folder, repo_id, private=private, token=token, commit_message=commit_message, create_pr=create_pr
+            return self.save_pretrained(
+                folder,
+                safe_serialization=safe_serialization,
+                variant=variant,
+                push_to_hub=True,
+                repo_id=repo_id,
+                commit_message=commit_message,
+                private=private,
+                token=token,
+                create_pr=create_pr,
             )
 
     @classmethod
@@ -276,14 +306,10 @@ class UnityVideoBasePipeline(DiffusionPipeline, WanLoraLoaderMixin):
         callback_on_step_end_tensor_inputs,
     ) -> None:
         """Everything that can be checked before any heavy work."""
+        check_flow_scheduler(self.scheduler)  # again: its config may have changed since it was set
         p_t, p_h, p_w = self.transformer.config.patch_size
-        multiple_h, multiple_w = self.vae_scale_factor_spatial * p_h, self.vae_scale_factor_spatial * p_w
-        for name, value, multiple in (("height", height, multiple_h), ("width", width, multiple_w)):
-            if not isinstance(value, int) or value <= 0 or value % multiple:
-                raise ValueError(
-                    f"`{name}` must be a positive multiple of {multiple} (VAE {self.vae_scale_factor_spatial}x times "
-                    f"patch {multiple // self.vae_scale_factor_spatial}), got {value!r}."
-                )
+        check_size("height", height, self.vae_scale_factor_spatial, p_h)
+        check_size("width", width, self.vae_scale_factor_spatial, p_w)
         temporal = self.vae_scale_factor_temporal * p_t
         for name, value in (("num_frames", num_frames), ("window_frames", window_frames)):
             if not isinstance(value, int) or value < 1 or (value - 1) % temporal:

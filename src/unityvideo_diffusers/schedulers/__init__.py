@@ -1,6 +1,7 @@
 from diffusers import UniPCMultistepScheduler
 
 from .by_name import SCHEDULER_NAMES, flow_shift_of, scheduler_by_name
+from .flow_matching import check_flow_scheduler
 from .scheduling_linear_flow_match_euler import LinearFlowMatchEulerScheduler
 
 
@@ -18,6 +19,7 @@ def default_scheduler() -> UniPCMultistepScheduler:
 __all__ = [
     "SCHEDULER_NAMES",
     "LinearFlowMatchEulerScheduler",
+    "check_flow_scheduler",
     "default_scheduler",
     "flow_shift_of",
     "scheduler_by_name",

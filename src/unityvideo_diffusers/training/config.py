@@ -4,16 +4,36 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..modalities import resolve_modality
 from ..tasks import TASK_NAMES, resolve_task
-from ..validation import unknown_key
+from ..validation import check_model_source, check_size, load_yaml, numeric_problem, size_factors, unknown_key
 
 
 class ConfigError(ValueError):
     """A training setting that cannot work, named with what is allowed."""
+
+
+def _as_typed_numbers(name: str, value, kind) -> tuple[str | None, object]:
+    """(None, `value` with its numbers as `kind` says) or (what is wrong, naming `name`, `value`)."""
+    arguments = typing.get_args(kind)
+    if type(None) in arguments:  # `X | None`
+        if value is None:
+            return None, value
+        kind = arguments[0]
+    if kind in (int, float):
+        return numeric_problem(name, value, whole=kind is int)
+    if typing.get_origin(kind) is dict and isinstance(value, dict):
+        converted = {}
+        for key, item in value.items():
+            problem, converted[key] = _as_typed_numbers(f"{name}[{key!r}]", item, typing.get_args(kind)[1])
+            if problem:
+                return problem, value
+        return None, converted
+    return None, value
 
 
 @dataclass
@@ -83,15 +103,35 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self.validate()
 
+    def _check_types(self) -> list[str]:
+        """Each number-typed setting (and each number in a mapping, like task_weights) holds a number, an int where
+        whole numbers are meant (`max_steps: 1e3` is 1000), so that the checks below compare numbers; returns the
+        settings that do not, by name."""
+        problems = []
+        for name, kind in typing.get_type_hints(type(self)).items():
+            problem, value = _as_typed_numbers(name, getattr(self, name), kind)
+            if problem:
+                problems.append(problem)
+            else:
+                setattr(self, name, value)
+        return problems
+
     def validate(self) -> None:
         """Check every value against what is allowed; raise one ConfigError naming all problems."""
-        problems = []
+        problems = self._check_types()
+        if problems:
+            raise ConfigError("Invalid training config:\n  - " + "\n  - ".join(problems))
 
         def need(condition: bool, message: str) -> None:
             if not condition:
                 problems.append(message)
 
         need(bool(self.model_path), "model_path is required (a UnityVideo pipeline folder or Hub id)")
+        if self.model_path:
+            try:
+                check_model_source(self.model_path, "model_path")
+            except (OSError, ValueError) as error:
+                problems.append(str(error).rstrip("."))
         need(bool(self.dataset_path), "dataset_path is required (the metadata CSV)")
         if self.dataset_path:
             need(Path(self.dataset_path).is_file(), f"dataset_path {self.dataset_path} is not a file")
@@ -185,9 +225,10 @@ class TrainConfig:
             self.num_frames >= 1 and (self.num_frames - 1) % 4 == 0, f"num_frames must be 4k+1, got {self.num_frames}"
         )
         for name in ("height", "width"):
-            need(
-                getattr(self, name) % 32 == 0 and getattr(self, name) > 0, f"{name} must be a positive multiple of 32"
-            )
+            try:
+                check_size(name, getattr(self, name), *size_factors(self.model_path))
+            except ValueError as error:
+                problems.append(str(error).rstrip("."))
         need(self.validation_every >= 0, "validation_every must be >= 0")
         need(not self.validation_every or bool(self.validation_prompts), "validation_every needs validation_prompts")
         need(self.validation_steps >= 1, "validation_steps must be >= 1")
@@ -232,7 +273,7 @@ class TrainConfig:
         import yaml
 
         try:
-            values = yaml.safe_load(Path(path).read_text()) or {}
+            values = load_yaml(Path(path).read_text()) or {}
         except (OSError, yaml.YAMLError) as error:
             raise ConfigError(f"Cannot read the config {path}: {error}") from None
         if not isinstance(values, dict):
