@@ -22,6 +22,7 @@ from unityvideo_diffusers.testing import tiny_pipeline_components
 
 FOLDER_DEFAULTS = {
     "joint": dict(height=32, width=64, num_frames=5, num_inference_steps=2, guidance_scale=2.0),
+    "control": dict(num_frames=5),
     "perception": dict(num_inference_steps=3, scheduler="reference"),
 }
 
@@ -164,7 +165,9 @@ def test_a_single_image_is_a_still_control_held_over_the_frames(components):
     settings = dict(modality="depth", height=32, width=32, num_inference_steps=2, output_type="latent")
     held = pipe("a red ball", control_video=[PIL.Image.fromarray(still)] * 5, generator=seeded(), **settings)
     for control in (PIL.Image.fromarray(still), still):
-        out = pipe("a red ball", control_video=control, generator=seeded(), **settings)  # 5: the trained length
+        out = pipe(
+            "a red ball", control_video=control, generator=seeded(), **settings
+        )  # 5: the folder's length for control
         assert torch.equal(out.frames, held.frames)
     nine = pipe("a red ball", control_video=PIL.Image.fromarray(still), num_frames=9, generator=seeded(), **settings)
     assert nine.frames.shape[2] == 3

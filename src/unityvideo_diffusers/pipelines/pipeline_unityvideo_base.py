@@ -409,6 +409,7 @@ class UnityVideoBasePipeline(DiffusionPipeline, UnityVideoLoraLoaderMixin):
             raise ValueError(f"`max_sequence_length` must be a positive integer or None, got {max_sequence_length!r}.")
         return max_sequence_length
 
+    @torch.no_grad()  # as inside a call: with autograd on, attention may take another kernel and differ in last bits
     def encode_prompt(
         self,
         prompt: str | list[str] | None,
