@@ -1,7 +1,7 @@
 from diffusers import UniPCMultistepScheduler
 
-from .by_name import SCHEDULER_NAMES, flow_shift_of, scheduler_by_name
-from .flow_matching import check_flow_scheduler
+from .by_name import SCHEDULER_NAMES, scheduler_by_name
+from .flow_matching import check_flow_scheduler, flow_shift_of
 from .scheduling_linear_flow_match_euler import LinearFlowMatchEulerScheduler
 
 

@@ -4,16 +4,11 @@ from __future__ import annotations
 
 from diffusers import DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 
+from .flow_matching import flow_shift_of
 from .scheduling_linear_flow_match_euler import LinearFlowMatchEulerScheduler
 
 
 SCHEDULER_NAMES = ("default", "reference", "euler", "unipc", "dpm")
-
-
-def flow_shift_of(scheduler) -> float:
-    """The flow shift a scheduler samples with: the one its model was trained for, when it is the folder's own."""
-    config = scheduler.config
-    return float(config.get("flow_shift") if config.get("use_flow_sigmas") else config.get("shift", 5.0))
 
 
 def scheduler_by_name(name: str, current):

@@ -58,6 +58,12 @@ def flow_shift_key(scheduler) -> str | None:
     return None
 
 
+def flow_shift_of(scheduler) -> float:
+    """The flow shift `scheduler` samples with (1: none)."""
+    key = flow_shift_key(scheduler)
+    return 1.0 if key is None else float(scheduler.config[key])
+
+
 def check_flow_scheduler(scheduler) -> None:
     """Refuse a scheduler that does not sample a flow-matching model, naming the ones that do."""
     name = type(scheduler).__name__
