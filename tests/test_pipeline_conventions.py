@@ -232,3 +232,8 @@ def test_save_then_load_reproduces_outputs_bit_for_bit(components, tmp_path):
     pipe.save_pretrained(tmp_path)
     after = UnityVideoPipeline.from_pretrained(tmp_path)("a red ball", generator=seeded(), **settings)
     assert torch.equal(before.frames, after.frames) and torch.equal(before.modality_frames, after.modality_frames)
+
+
+def test_a_missing_folder_is_named_as_neither_a_folder_nor_a_hub_id():
+    with pytest.raises(FileNotFoundError, match=r"\./pretrained_models: no such folder, and not a Hub id"):
+        UnityVideoPipeline.from_pretrained("./pretrained_models")

@@ -30,7 +30,7 @@ from ..sampling import resolve_sampling_defaults, trained_size
 from ..schedulers import scheduler_by_name
 from ..schedulers.flow_matching import check_flow_scheduler, keep_flow_shift
 from ..tasks import Task, resolve_task
-from ..validation import check_size
+from ..validation import check_model_source, check_size
 from ..video_io import VideoInput, as_video_list, load_frames, prepare_video
 from .lora_loader import UnityVideoLoraLoaderMixin
 
@@ -197,6 +197,8 @@ class UnityVideoBasePipeline(DiffusionPipeline, UnityVideoLoraLoaderMixin):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        if isinstance(pretrained_model_name_or_path, str):
+            check_model_source(pretrained_model_name_or_path, "pretrained_model_name_or_path")
         pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         if "scheduler" in kwargs:  # the user's choice, not the folder's
             pipe._folder_scheduler = None
