@@ -1,4 +1,4 @@
-"""Config-file inference, with the keys of the project's founding description.
+"""Config-file inference from flat YAML files (the keys of the UnityVideo article's inference configs).
 
     python scripts/inference.py --config configs/inference/text2video_config.yaml [--device cpu]
 
@@ -22,7 +22,7 @@ from unityvideo_diffusers.tasks import resolve_task
 from unityvideo_diffusers.validation import check_model_source, load_yaml, numeric_problem, size_factors, unknown_key
 
 
-KEYS = {  # founding-description key -> unityvideo job setting
+KEYS = {  # config-file key -> unityvideo job setting
     "model_path": "model",
     "text_prompt": "prompt",
     "negative_prompt": "negative_prompt",

@@ -1,4 +1,4 @@
-"""Config-file training, as in the project's founding description:
+"""Config-file training from flat YAML files, as the UnityVideo article writes them:
 
     python scripts/train.py --config configs/train/finetune_config.yaml
 
