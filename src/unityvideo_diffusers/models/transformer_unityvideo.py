@@ -36,6 +36,7 @@ from diffusers.utils import BaseOutput, apply_lora_scale
 from ..modalities import RELEASED_MODALITIES, resolve_modality
 from ..tasks import TASK_NAMES, resolve_task
 from .control_encoder import UnityVideoControlEncoder
+from .single_file import FromReleasedCheckpointMixin
 
 
 @dataclass
@@ -184,13 +185,16 @@ TransformerBlockRegistry.register(
 )
 
 
-class UnityVideoTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMixin, AttentionMixin):
+class UnityVideoTransformer3DModel(
+    ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMixin, AttentionMixin, FromReleasedCheckpointMixin
+):
     r"""
     The UnityVideo transformer: Wan2.2's DiT denoising an RGB latent and, optionally, a modality latent jointly.
 
     Key names are diffusers' `WanTransformer3DModel` ones, so Wan2.2 weights and Wan LoRAs load directly; the
     modality stream adds `control_encoder.*` (its input layer), `modality_proj_out` and
-    `modality_scale_shift_table` (its output head, a mirror of the RGB one).
+    `modality_scale_shift_table` (its output head, a mirror of the RGB one). `from_single_file` loads the authors'
+    released checkpoint directly.
 
     Args:
         patch_size, num_attention_heads, attention_head_dim, in_channels, out_channels, text_dim, freq_dim, ffn_dim,
