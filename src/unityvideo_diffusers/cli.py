@@ -26,6 +26,8 @@ def _convert(args: argparse.Namespace) -> str:
         )
         return f"Wrote the released-layout checkpoint {output} (sha256 {digest})."
 
+    if args.to == "gguf" and (args.base or args.transformer_only or args.push_to):
+        raise ValueError("--to gguf writes one .gguf file; it takes no --base, --transformer-only or --push-to.")
     if args.push_to:
         from .hub import check_repo_id
 
@@ -36,6 +38,19 @@ def _convert(args: argparse.Namespace) -> str:
             overrides = json.loads(Path(args.transformer_config).read_text())
         except (OSError, json.JSONDecodeError) as error:
             raise ValueError(f"--transformer-config {args.transformer_config}: {error}") from None
+    if args.to == "gguf":
+        from .conversion.to_gguf import convert_released_to_gguf
+
+        output = convert_released_to_gguf(
+            checkpoint,
+            args.output,
+            quant=args.quant,
+            transformer_config_overrides=overrides,
+            sha256=args.sha256,
+            overwrite=args.overwrite,
+            progress=not args.quiet,
+        )
+        return f"Wrote the {args.quant} GGUF file {output}."
     output = convert_released_to_diffusers(
         checkpoint,
         args.output,
@@ -271,6 +286,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--sha256", help="expected SHA-256 of --checkpoint (the released files are checked by default)"
     )
     convert.add_argument("--max-shard-size", default="5GB", help="largest weight file, e.g. 5GB or 500MB")
+    convert.add_argument(
+        "--to", default="diffusers", choices=["diffusers", "gguf"], help="a diffusers folder (default) or a GGUF file"
+    )
+    convert.add_argument("--quant", default="Q8_0", help="with --to gguf: Q8_0 (default), Q5_0, Q4_1 or Q4_0")
     convert.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     convert.add_argument("--push-to", metavar="REPO_ID", help="then upload the folder (private) with a model card")
     convert.add_argument("--quiet", action="store_true", help="no progress bars")

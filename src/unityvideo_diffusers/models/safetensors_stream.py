@@ -104,7 +104,7 @@ def read_header(path: str | os.PathLike) -> SafetensorsHeader:
     return SafetensorsHeader(path=path, tensors=tensors, metadata=metadata)
 
 
-def _read_bytes(file, start: int, count: int) -> bytearray:
+def read_bytes(file, start: int, count: int) -> bytearray:
     """`count` bytes at `start`, with plain positioned reads (no memory map), so memory stays at what is read."""
     data = bytearray(count)
     view = memoryview(data)
@@ -125,7 +125,7 @@ def _as_tensor(data: bytearray, info: TensorInfo) -> torch.Tensor:
 
 def read_tensor(file, info: TensorInfo) -> torch.Tensor:
     """Read one tensor, so memory stays at one tensor."""
-    return _as_tensor(_read_bytes(file, info.start, info.nbytes), info)
+    return _as_tensor(read_bytes(file, info.start, info.nbytes), info)
 
 
 def iter_tensors_hashed(header: SafetensorsHeader, digest) -> Iterator[tuple[str, torch.Tensor]]:
@@ -140,13 +140,13 @@ def iter_tensors_hashed(header: SafetensorsHeader, digest) -> Iterator[tuple[str
         for name, info in sorted(header.tensors.items(), key=lambda item: item[1].start):
             if info.start < position:
                 raise CheckpointError(f"{header.path}: tensor {name!r} overlaps the tensor before it.")
-            digest.update(_read_bytes(file, position, info.start - position))
-            data = _read_bytes(file, info.start, info.nbytes)
+            digest.update(read_bytes(file, position, info.start - position))
+            data = read_bytes(file, info.start, info.nbytes)
             digest.update(data)
             position = info.end
             yield name, _as_tensor(data, info)
         while position < file_size:
-            chunk = _read_bytes(file, position, min(16 * 1024 * 1024, file_size - position))
+            chunk = read_bytes(file, position, min(16 * 1024 * 1024, file_size - position))
             digest.update(chunk)
             position += len(chunk)
 

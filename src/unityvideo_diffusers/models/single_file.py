@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import json
 import os
 from pathlib import Path
 
@@ -23,9 +24,19 @@ from tqdm.auto import tqdm
 
 from ..modalities import RELEASED_MODALITIES
 from .keymap import diffusers_to_released_key, modalities_in_released_keys, released_to_diffusers_key
-from .safetensors_stream import CheckpointError, TensorInfo, iter_tensors_hashed, read_header, sha256_of
+from .quantization import keep_unquantized
+from .safetensors_stream import (
+    CheckpointError,
+    TensorInfo,
+    iter_tensors_hashed,
+    read_bytes,
+    read_header,
+    sha256_of,
+)
 
 
+GGUF_ARCHITECTURE = "unityvideo"
+GGUF_CONFIG_KEY = "unityvideo.config"  # the transformer config, as JSON
 RELEASED_CHECKSUMS = {
     "unityvideo_wan22_ti2v_5b_step15000_ema.safetensors": "0df3909e312526c46f68097958afa055868f73354fe4276d693f7ebc398e6a39",
     "unityvideo_wan22_ti2v_5b_step15000.safetensors": "4ee83a43ffdbaee90e7ff6a25fe108d8d65d255cd0803e3972bbbfb5b01db48c",
@@ -180,13 +191,17 @@ class FromReleasedCheckpointMixin:
                 5B one. `None` is the released 5B config with the modalities the file holds.
             torch_dtype (`torch.dtype`, *optional*): as in `from_pretrained` (the fp32-kept modules stay fp32).
             quantization_config (*optional*): a diffusers quantization config (`TorchAoConfig`,
-                `BitsAndBytesConfig`, ...), applied tensor by tensor while loading.
+                `BitsAndBytesConfig`, ...), applied tensor by tensor while loading. A `.gguf` file (written by
+                `unityvideo convert --to gguf`) loads with `GGUFQuantizationConfig` (the default for one).
             sha256 (`str`, *optional*): the file's expected SHA-256. The published files are checked against their
                 published checksums by default, during the one read that loads them.
             device (*optional*): where the weights go (default CPU).
             hub_kwargs: passed to `hf_hub_download` (`revision`, `token`, `cache_dir`, ...) for a Hub address.
         """
         path = _resolve_file(path_or_url, hub_kwargs)
+        quantization_config = keep_unquantized(quantization_config)
+        if path.suffix == ".gguf":
+            return _from_gguf(cls, path, config, subfolder, torch_dtype, quantization_config, device, hub_kwargs)
         header = read_header(path)
         config_dict = cls.released_config(header.tensors, _load_config(cls, config, subfolder, hub_kwargs))
         plan = cls.plan_released_load(header.tensors, config_dict, hint="a model of another size needs config=")
@@ -197,7 +212,7 @@ class FromReleasedCheckpointMixin:
         model, keep_in_fp32 = _empty_model(cls, config_dict, torch_dtype, hf_quantizer)
         digest = hashlib.sha256()
         total = sum(info.nbytes for info in header.tensors.values())
-        device_map = {"": torch.device(device) if device is not None else torch.device("cpu")}
+        device_map = _device_map(device)
         with tqdm(total=total, unit="B", unit_scale=True, desc=f"loading {path.name}", disable=not progress) as bar:
             for released_name, tensor in iter_tensors_hashed(header, digest):
                 load_model_dict_into_meta(
@@ -214,6 +229,73 @@ class FromReleasedCheckpointMixin:
         if expected is not None:
             check_sha256(path, expected, digest.hexdigest())
         return _finish(model, hf_quantizer, torch_dtype, str(path))
+
+
+def _device_map(device) -> dict:
+    return {"": torch.device(device) if device is not None else torch.device("cpu")}
+
+
+def gguf_architecture(reader) -> str | None:
+    """The `general.architecture` of an open `gguf.GGUFReader`."""
+    field = reader.fields.get("general.architecture")
+    return None if field is None else bytes(field.parts[field.data[0]]).decode()
+
+
+def _from_gguf(cls, path: Path, config, subfolder, torch_dtype, quantization_config, device, hub_kwargs):
+    """
+    A GGUF file in the released layout: its quantized tensors become diffusers' `GGUFParameter`s (dequantized on
+    the fly in each forward), the others load as usual. Tensors are read one at a time with positioned reads, so
+    memory is the quantized model, not the file's memory map on top of it.
+    """
+    from diffusers import GGUFQuantizationConfig
+    from diffusers.quantizers.gguf.utils import GGUFParameter
+    from gguf import GGMLQuantizationType, GGUFReader, quant_shape_to_byte_shape
+
+    reader = GGUFReader(path)
+    architecture = gguf_architecture(reader)
+    if architecture != GGUF_ARCHITECTURE:
+        raise CheckpointError(
+            f"{path} is a GGUF file of architecture {architecture!r}, not UnityVideo ({GGUF_ARCHITECTURE!r}): "
+            "write one with `unityvideo convert --to gguf`."
+        )
+    stored = reader.fields.get(GGUF_CONFIG_KEY)
+    overrides = json.loads(bytes(stored.parts[stored.data[0]]).decode()) if stored is not None else {}
+    overrides.update(_load_config(cls, config, subfolder, hub_kwargs) or {})
+    tensors = {tensor.name: tensor for tensor in reader.tensors}
+    shapes = {name: tuple(int(size) for size in reversed(t.shape.tolist())) for name, t in tensors.items()}
+    config_dict = cls.released_config(tensors, overrides)
+    plan = cls.plan_released_load(
+        {name: TensorInfo(torch.uint8, shape, 0, 0) for name, shape in shapes.items()}, config_dict, "config="
+    )
+
+    state = {}
+    with open(path, "rb") as file:
+        for name, released in plan.items():
+            tensor = tensors[released]
+            data = torch.frombuffer(read_bytes(file, tensor.data_offset, int(tensor.n_bytes)), dtype=torch.uint8)
+            if tensor.tensor_type == GGMLQuantizationType.F32:
+                state[name] = data.view(torch.float32).reshape(shapes[released])
+            else:
+                byte_shape = quant_shape_to_byte_shape(shapes[released], tensor.tensor_type)
+                state[name] = GGUFParameter(data.reshape(byte_shape), quant_type=tensor.tensor_type)
+    del reader
+
+    compute_dtype = torch_dtype or torch.bfloat16
+    hf_quantizer, torch_dtype = _quantizer(
+        quantization_config or keep_unquantized(GGUFQuantizationConfig(compute_dtype=compute_dtype)), torch_dtype
+    )
+    model, keep_in_fp32 = _empty_model(cls, config_dict, torch_dtype, hf_quantizer, state)
+    load_model_dict_into_meta(
+        model,
+        state,
+        dtype=torch_dtype,
+        model_name_or_path=str(path),
+        hf_quantizer=hf_quantizer,
+        keep_in_fp32_modules=keep_in_fp32,
+        device_map=_device_map(device),
+        unexpected_keys=[],
+    )
+    return _finish(model, hf_quantizer, torch_dtype, str(path))
 
 
 def _resolve_file(path_or_url: str | os.PathLike, hub_kwargs: dict) -> Path:
@@ -254,8 +336,9 @@ def _quantizer(quantization_config, torch_dtype: torch.dtype | None):
     return hf_quantizer, hf_quantizer.update_torch_dtype(torch_dtype)
 
 
-def _empty_model(cls, config: dict, torch_dtype: torch.dtype | None, hf_quantizer):
-    """The model on the meta device as `from_pretrained` builds it, and the modules kept in fp32."""
+def _empty_model(cls, config: dict, torch_dtype: torch.dtype | None, hf_quantizer, state_dict: dict | None = None):
+    """The model on the meta device as `from_pretrained` builds it, and the modules kept in fp32. A GGUF quantizer
+    needs the (quantized) `state_dict` to know which layers to replace."""
     use_keep_in_fp32 = cls._keep_in_fp32_modules is not None and (
         hf_quantizer is None or getattr(hf_quantizer, "use_keep_in_fp32_modules", False)
     )
@@ -268,7 +351,9 @@ def _empty_model(cls, config: dict, torch_dtype: torch.dtype | None, hf_quantize
         if default_dtype is not None:
             torch.set_default_dtype(default_dtype)
     if hf_quantizer is not None:
-        hf_quantizer.preprocess_model(model=model, device_map=None, keep_in_fp32_modules=keep_in_fp32)
+        hf_quantizer.preprocess_model(
+            model=model, device_map=None, keep_in_fp32_modules=keep_in_fp32, state_dict=state_dict
+        )
     return model, keep_in_fp32
 
 

@@ -36,6 +36,7 @@ from diffusers.utils import BaseOutput, apply_lora_scale
 from ..modalities import RELEASED_MODALITIES, resolve_modality
 from ..tasks import TASK_NAMES, resolve_task
 from .control_encoder import UnityVideoControlEncoder
+from .quantization import keep_unquantized
 from .single_file import FromReleasedCheckpointMixin
 
 
@@ -279,6 +280,17 @@ class UnityVideoTransformer3DModel(
         self.gradient_checkpointing = False
 
     # ------------------------------------------------------------------ construction helpers
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """
+        diffusers' `from_pretrained`. A `quantization_config` (here or from a pipeline's
+        `PipelineQuantizationConfig`) that names no modules to skip leaves the time/text embedding, the modality
+        input and the two output heads unquantized (`models/quantization.py` says why).
+        """
+        if kwargs.get("quantization_config") is not None:
+            kwargs["quantization_config"] = keep_unquantized(kwargs["quantization_config"])
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     @classmethod
     def from_wan(

@@ -1,0 +1,212 @@
+"""Quantized transformers (torchao, GGUF; bitsandbytes where a GPU is) run the three jobs close to bf16.
+
+Each scheme runs text -> video + depth, depth -> video and video -> depth on the tiny pipeline (a transformer of
+width 64, so that GGUF's 32-wide blocks fit its rows) and its denoised latents are compared with the bf16
+pipeline's, same seed. The bounds are about twice what was measured here (stated next to each).
+Relative error: the L2 norm of the difference over the L2 norm of the bf16 latents.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from diffusers import BitsAndBytesConfig, GGUFQuantizationConfig, PipelineQuantizationConfig, TorchAoConfig
+from safetensors.torch import save_file
+
+from unityvideo_diffusers import (
+    UnityVideoControlPipeline,
+    UnityVideoPerceptionPipeline,
+    UnityVideoPipeline,
+    UnityVideoTransformer3DModel,
+)
+from unityvideo_diffusers.conversion import CheckpointError, diffusers_to_released_key
+from unityvideo_diffusers.conversion.to_gguf import convert_released_to_gguf
+from unityvideo_diffusers.models.quantization import UNQUANTIZED_MODULES, keep_unquantized
+from unityvideo_diffusers.testing import tiny_pipeline_components
+
+
+torchao = pytest.importorskip("torchao.quantization")
+gguf = pytest.importorskip("gguf")
+
+QUANTIZABLE = {"attention_head_dim": 32, "ffn_dim": 64}  # width 64: rows of whole 32-value GGUF blocks
+GPU = pytest.mark.skipif(
+    not torch.cuda.is_available(),
+    reason="diffusers' bitsandbytes quantizer refuses to run without a GPU (its validate_environment), although "
+    "bitsandbytes' own CPU kernels (0.50) quantize and run int8 and NF4 linear layers",
+)
+SIZE = dict(num_frames=5, height=32, width=32, num_inference_steps=2, output_type="latent")
+
+
+def relative_error(actual, expected) -> float:
+    actual, expected = torch.as_tensor(actual).double(), torch.as_tensor(expected).double()
+    return ((actual - expected).norm() / expected.norm()).item()
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """A tiny pipeline folder, its transformer in bf16, and the same transformer as a released-layout file."""
+    root = tmp_path_factory.mktemp("quantization")
+    components = tiny_pipeline_components(transformer_config=QUANTIZABLE)
+    with torch.no_grad():  # values a bf16 file holds exactly, so the folder and the file agree
+        for parameter in components["transformer"].parameters():
+            parameter.copy_(parameter.bfloat16().float())
+    UnityVideoPipeline(**components).save_pretrained(root / "pipeline")
+    state = components["transformer"].state_dict()
+    released = {diffusers_to_released_key(k): v.bfloat16().contiguous() for k, v in state.items()}
+    save_file(released, root / "released.safetensors")
+    (root / "config.json").write_text(json.dumps(dict(components["transformer"].config)))
+    return root
+
+
+def run_jobs(transformer_or_quantization: dict, folder, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """The three jobs' latents with a pipeline loaded from `folder` plus `transformer=` or `quantization_config=`."""
+    pipe = UnityVideoPipeline.from_pretrained(
+        folder / "pipeline", torch_dtype=torch.bfloat16, **transformer_or_quantization
+    ).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    video = np.random.default_rng(0).random((5, 32, 32, 3))
+    seeded = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    joint = pipe("a red ball", modality="depth", generator=seeded(), **SIZE)
+    control = UnityVideoControlPipeline.from_pipe(pipe)(
+        "a red ball", control_video=video, modality="depth", generator=seeded(), **SIZE
+    )
+    perception = UnityVideoPerceptionPipeline.from_pipe(pipe)(
+        video=video, modality="depth", generator=seeded(), **SIZE
+    )
+    return {
+        "joint rgb": joint.frames,
+        "joint depth": joint.modality_frames,
+        "control": control.frames,
+        "perception": perception.modality_frames,
+    }
+
+
+@pytest.fixture(scope="module")
+def bf16_latents(folder):
+    return run_jobs({}, folder)
+
+
+def pipeline_torchao(quant_type):
+    return {
+        "quantization_config": PipelineQuantizationConfig(quant_mapping={"transformer": TorchAoConfig(quant_type)})
+    }
+
+
+def gguf_transformer(folder, quant):
+    path = folder / f"transformer-{quant}.gguf"
+    if not path.exists():
+        config = json.loads((folder / "config.json").read_text())
+        convert_released_to_gguf(
+            folder / "released.safetensors", path, quant=quant, transformer_config_overrides=config, progress=False
+        )
+    return {"transformer": UnityVideoTransformer3DModel.from_single_file(path, torch_dtype=torch.bfloat16)}
+
+
+# scheme -> (how the pipeline gets it, bound on the relative error of every job's latents); the largest error
+# of the four outputs measured here (CPU, torch 2.13, torchao 0.18, gguf 0.19) in the comment
+SCHEMES = {
+    "torchao int8 weight-only": (lambda folder: pipeline_torchao(torchao.Int8WeightOnlyConfig()), 0.08),  # 0.035
+    "torchao float8 weight-only": (lambda folder: pipeline_torchao(torchao.Float8WeightOnlyConfig()), 0.12),  # 0.059
+    "GGUF Q8_0": (lambda folder: gguf_transformer(folder, "Q8_0"), 0.08),  # 0.038
+    "GGUF Q4_0": (lambda folder: gguf_transformer(folder, "Q4_0"), 0.2),  # 0.10
+}
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_every_job_runs_quantized_close_to_bf16(scheme, folder, bf16_latents):
+    load, bound = SCHEMES[scheme]
+    latents = run_jobs(load(folder), folder)
+    errors = {job: relative_error(latents[job], bf16_latents[job]) for job in bf16_latents}
+    assert all(0 < error < bound for error in errors.values()), errors
+
+
+@GPU
+@pytest.mark.parametrize(
+    "kwargs, bound",
+    [
+        ({"load_in_8bit": True}, 0.05),
+        ({"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_compute_dtype": torch.bfloat16}, 0.3),
+    ],
+)
+def test_bitsandbytes_on_gpu(kwargs, bound, folder, bf16_latents):
+    pytest.importorskip("bitsandbytes")
+    config = PipelineQuantizationConfig(quant_mapping={"transformer": BitsAndBytesConfig(**kwargs)})
+    latents = run_jobs({"quantization_config": config}, folder, device="cuda")
+    errors = {job: relative_error(latents[job].cpu(), bf16_latents[job]) for job in bf16_latents}
+    assert all(0 < error < bound for error in errors.values()), errors
+
+
+def test_small_modules_stay_unquantized_by_default(folder):
+    transformer_folder = folder / "pipeline" / "transformer"
+    quantized = UnityVideoTransformer3DModel.from_pretrained(
+        transformer_folder,
+        torch_dtype=torch.bfloat16,
+        quantization_config=TorchAoConfig(torchao.Int8WeightOnlyConfig()),
+    )
+    plain = torch.Tensor
+    assert type(quantized.blocks[0].attn1.to_q.weight.data) is not plain
+    for name in UNQUANTIZED_MODULES:
+        linears = [m for m in quantized.get_submodule(name).modules() if isinstance(m, torch.nn.Linear)]
+        assert linears and all(type(m.weight.data) is plain for m in linears), name
+    # the user's own choice wins: nothing kept
+    everything = UnityVideoTransformer3DModel.from_pretrained(
+        transformer_folder,
+        torch_dtype=torch.bfloat16,
+        quantization_config=TorchAoConfig(torchao.Int8WeightOnlyConfig(), modules_to_not_convert=[]),
+    )
+    assert type(everything.proj_out.weight.data) is not plain
+    assert keep_unquantized(None) is None and keep_unquantized({"quant_method": "gguf"}) == {"quant_method": "gguf"}
+
+
+def test_gguf_file_keeps_names_config_and_small_modules(folder):
+    path = folder / "transformer-Q8_0.gguf"
+    gguf_transformer(folder, "Q8_0")
+    reader = gguf.GGUFReader(path)
+    types = {tensor.name: tensor.tensor_type.name for tensor in reader.tensors}
+    assert types["base.blocks.0.self_attn.q.weight"] == "Q8_0" and types["base.blocks.1.ffn.2.weight"] == "Q8_0"
+    for name in ("base.time_projection.1.weight", "flow_in.weight", "flow_head.head.weight", "base.head.head.weight"):
+        assert types[name] == "F32", name  # kept in higher precision
+    assert types["base.blocks.0.self_attn.q.bias"] == "F32"
+    model = UnityVideoTransformer3DModel.from_single_file(path)  # no config needed: the file holds it
+    assert model.config.attention_head_dim == 32 and type(model.blocks[0].attn1.to_q).__name__ == "GGUFLinear"
+    assert isinstance(model.hf_quantizer.quantization_config, GGUFQuantizationConfig)
+
+
+def test_gguf_of_another_architecture_is_refused_by_name(tmp_path):
+    writer = gguf.GGUFWriter(tmp_path / "flux.gguf", arch="flux")
+    writer.add_tensor("double_blocks.0.img_attn.qkv.weight", np.zeros((4, 32), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(CheckpointError, match="GGUF file of architecture 'flux', not UnityVideo"):
+        UnityVideoTransformer3DModel.from_single_file(tmp_path / "flux.gguf")
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "unityvideo_diffusers", *args], capture_output=True, text=True)
+
+
+def test_cli_writes_gguf_and_refuses_bad_requests(folder, tmp_path):
+    config = folder / "config.json"
+    common = ["convert", "--checkpoint", str(folder / "released.safetensors"), "--transformer-config", str(config)]
+    result = run_cli(*common, "--to", "gguf", "--quant", "Q4_0", "--output", str(tmp_path / "t.gguf"), "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert "Q4_0 GGUF" in result.stdout and (tmp_path / "t.gguf").is_file()
+    result = run_cli(*common, "--to", "gguf", "--quant", "Q3_K", "--output", str(tmp_path / "u.gguf"))
+    assert result.returncode == 2 and "--quant must be one of Q8_0, Q5_0, Q4_1, Q4_0" in result.stderr
+    result = run_cli(*common, "--to", "gguf", "--output", str(tmp_path / "u.safetensors"))
+    assert result.returncode == 2 and "one .gguf file" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.gguf"]
+
+
+def test_missing_gguf_package_is_named(folder, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "gguf", None)  # as if not installed
+    with pytest.raises(CheckpointError, match="pip install gguf"):
+        convert_released_to_gguf(folder / "released.safetensors", tmp_path / "x.gguf", progress=False)
+    assert list(tmp_path.iterdir()) == []
