@@ -1,4 +1,5 @@
-"""Quantized transformers (torchao, GGUF; bitsandbytes where a GPU is) run the three jobs close to bf16.
+"""Small hardware: quantized transformers (torchao, GGUF; bitsandbytes where a GPU is) and fp8 weight storage run the
+three jobs close to bf16; group offload (block and leaf level) runs them exactly.
 
 Each scheme runs text -> video + depth, depth -> video and video -> depth on the tiny pipeline (a transformer of
 width 64, so that GGUF's 32-wide blocks fit its rows) and its denoised latents are compared with the bf16
@@ -107,6 +108,17 @@ def gguf_transformer(folder, quant):
     return {"transformer": UnityVideoTransformer3DModel.from_single_file(path, torch_dtype=torch.bfloat16)}
 
 
+def fp8_storage(folder):
+    transformer = UnityVideoTransformer3DModel.from_pretrained(
+        folder / "pipeline" / "transformer", torch_dtype=torch.bfloat16
+    )
+    transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.bfloat16)
+    assert transformer.blocks[0].ffn.net[2].weight.dtype == torch.float8_e4m3fn
+    for kept in (transformer.control_encoder.proj_in, transformer.modality_proj_out, transformer.proj_out):
+        assert kept.weight.dtype == torch.bfloat16
+    return {"transformer": transformer}
+
+
 # scheme -> (how the pipeline gets it, bound on the relative error of every job's latents); the largest error
 # of the four outputs measured here (CPU, torch 2.13, torchao 0.18, gguf 0.19) in the comment
 SCHEMES = {
@@ -114,6 +126,7 @@ SCHEMES = {
     "torchao float8 weight-only": (lambda folder: pipeline_torchao(torchao.Float8WeightOnlyConfig()), 0.12),  # 0.059
     "GGUF Q8_0": (lambda folder: gguf_transformer(folder, "Q8_0"), 0.08),  # 0.038
     "GGUF Q4_0": (lambda folder: gguf_transformer(folder, "Q4_0"), 0.2),  # 0.10
+    "fp8 storage, bf16 compute": (fp8_storage, 0.12),  # 0.055
 }
 
 
@@ -123,6 +136,18 @@ def test_every_job_runs_quantized_close_to_bf16(scheme, folder, bf16_latents):
     latents = run_jobs(load(folder), folder)
     errors = {job: relative_error(latents[job], bf16_latents[job]) for job in bf16_latents}
     assert all(0 < error < bound for error in errors.values()), errors
+
+
+@pytest.mark.parametrize("offload_type", ["block_level", "leaf_level"])
+def test_group_offload_runs_every_job_exactly(offload_type, folder, bf16_latents):
+    transformer = UnityVideoTransformer3DModel.from_pretrained(
+        folder / "pipeline" / "transformer", torch_dtype=torch.bfloat16
+    )
+    # on a GPU: onload_device "cuda"; here both are the CPU, which runs the hooks but cannot move anything
+    transformer.enable_group_offload(torch.device("cpu"), offload_type=offload_type, num_blocks_per_group=1)
+    latents = run_jobs({"transformer": transformer}, folder)
+    for job, expected in bf16_latents.items():
+        assert torch.equal(latents[job], expected), job
 
 
 @GPU
