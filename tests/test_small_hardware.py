@@ -10,8 +10,10 @@ Relative error: the L2 norm of the difference over the L2 norm of the bf16 laten
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -40,6 +42,7 @@ GPU = pytest.mark.skipif(
     reason="diffusers' bitsandbytes quantizer refuses to run without a GPU (its validate_environment), although "
     "bitsandbytes' own CPU kernels (0.50) quantize and run int8 and NF4 linear layers",
 )
+GPU_ONLY = pytest.mark.skipif(not torch.cuda.is_available(), reason="sequential offload needs an accelerator")
 SIZE = dict(num_frames=5, height=32, width=32, num_inference_steps=2, output_type="latent")
 
 
@@ -235,3 +238,100 @@ def test_missing_gguf_package_is_named(folder, tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match="pip install gguf"):
         convert_released_to_gguf(folder / "released.safetensors", tmp_path / "x.gguf", progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------- the command line: --quantize and --offload
+
+
+def cli(*args):
+    from unityvideo_diffusers.cli import main
+
+    return main([str(arg) for arg in args])
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    from unityvideo_diffusers.video_io import save_video
+
+    path = tmp_path_factory.mktemp("clip") / "clip.mp4"
+    save_video(np.random.default_rng(0).random((5, 32, 32, 3)), path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "job, quantize, offload",
+    [
+        (["generate", "a red ball", "--modality", "depth"], "int8", ["--offload"]),  # alone: model offload
+        (
+            ["control", "a red ball", "--modality", "depth", "--control-video", "CLIP"],
+            "fp8",
+            ["--offload", "group"],
+        ),
+        (["estimate", "CLIP", "--modality", "depth"], "GGUF", ["--offload", "group"]),
+    ],
+)
+def test_cli_jobs_run_quantized_and_offloaded(job, quantize, offload, folder, clip, tmp_path):
+    if quantize == "GGUF":
+        gguf_transformer(folder, "Q8_0")
+        quantize = folder / "transformer-Q8_0.gguf"
+    job = [str(clip) if arg == "CLIP" else arg for arg in job]
+    output = tmp_path / "out.mp4"
+    small = ["--frames", 5, "--height", 32, "--width", 32, "--steps", 1, "--dtype", "bf16"]
+    cli(*job, "--model", folder / "pipeline", "--quantize", quantize, *offload, *small, "--output", output)
+    record = json.loads(output.with_suffix(".json").read_text())
+    assert record["settings"]["quantize"] == str(quantize)
+    assert record["settings"]["offload"] == (offload[1] if len(offload) > 1 else "model")
+    assert all(Path(path).is_file() for path in record["outputs"].values())
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--quantize", "int4"], r"Unknown --quantize 'int4'; choose one of int8, fp8, nf4, or a .gguf file"),
+        (["--quantize", "missing.gguf"], "--quantize missing.gguf does not exist"),
+        (["--quantize", "nf4"], "--quantize nf4 runs on a GPU"),
+        (["--quantize", "int8"], "--quantize int8 needs the torchao package: pip install torchao"),
+        (["--offload", "disk"], "argument --offload: invalid choice: 'disk'"),
+        (["--offload", "sequential"], "--offload sequential moves each layer to an accelerator"),
+        (["--quantize", "GGUF", "--offload", "sequential", "--device", "cuda"], "cannot move GGUF weights"),
+    ],
+)
+@pytest.mark.parametrize("command", ["generate", "demo"])
+def test_cli_refuses_bad_low_memory_options_before_writing(
+    command, args, message, folder, tmp_path, monkeypatch, capsys
+):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "torchao" else find_spec(name, *a)
+    )
+    monkeypatch.chdir(tmp_path)
+    job = ["generate", "a red ball", "--output", tmp_path / "o.mp4"] if command == "generate" else ["demo"]
+    if "GGUF" in args:
+        gguf_transformer(folder, "Q8_0")
+        args = [folder / "transformer-Q8_0.gguf" if arg == "GGUF" else arg for arg in args]
+    with pytest.raises(SystemExit) as exit_info:
+        cli(*job, "--model", folder / "pipeline", *args)
+    assert exit_info.value.code == 2
+    assert re.search(message, capsys.readouterr().err.strip().splitlines()[-1])
+    assert list(tmp_path.iterdir()) == []
+
+
+@GPU_ONLY
+def test_cli_sequential_offload_on_gpu(folder, tmp_path):
+    output = tmp_path / "out.mp4"
+    small = ["--frames", 5, "--height", 32, "--width", 32, "--steps", 1, "--dtype", "bf16"]
+    gpu = ["--device", "cuda", "--offload", "sequential", "--quantize", "int8"]
+    cli("generate", "a red ball", "--model", folder / "pipeline", *gpu, *small, "--output", output)
+    assert output.is_file()
+
+
+def test_offload_true_in_an_old_yaml_means_model_offload(folder, tmp_path):
+    from unityvideo_diffusers.cli import _job_settings, build_parser
+
+    (tmp_path / "job.yaml").write_text("offload: true\n")
+    args = build_parser().parse_args(
+        ["generate", "x", "--model", str(folder / "pipeline"), "--config", str(tmp_path / "job.yaml")]
+    )
+    assert _job_settings("generate", args)["offload"] == "model"

@@ -97,7 +97,8 @@ JOB_DEFAULTS = dict(
     output=None,
     device="cpu",
     dtype="fp32",
-    offload=False,
+    offload=None,
+    quantize=None,
     vae_tiling=False,
     scheduler="default",
     steps=30,
@@ -155,6 +156,8 @@ def _job_settings(job: str, args: argparse.Namespace) -> dict:
     explicit = _read_job_config(args.config, allowed) if args.config else {}
     explicit.update({key: value for key, value in vars(args).items() if key in allowed and value is not None})
     settings.update(explicit)
+    if isinstance(settings["offload"], bool):  # `offload: true` in a YAML file written before the modes existed
+        settings["offload"] = "model" if settings["offload"] else None
     if settings.get("model") is None:
         settings["model"] = _default_model()
     for key, value in recipe_defaults(settings["model"]).items():  # a model trained at its own size: the demo model
@@ -240,7 +243,7 @@ def _add_job_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", help="cpu (default), cuda, cuda:1, mps ...")
     parser.add_argument("--dtype", choices=["fp32", "bf16", "fp16"])
-    parser.add_argument("--offload", action="store_true", default=None, help="model CPU offload (low GPU memory)")
+    _add_low_memory_options(parser)
     parser.add_argument("--vae-tiling", action="store_true", default=None, help="decode in tiles (low memory)")
     parser.add_argument("--scheduler", choices=["default", "unipc", "euler", "dpm", "reference"])
     parser.add_argument("--steps", type=int, help="sampling steps (default 30)")
@@ -250,6 +253,27 @@ def _add_job_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--height", type=int)
     parser.add_argument("--width", type=int)
     parser.add_argument("--fps", type=int, help="frame rate of the written videos (default 8)")
+
+
+def _add_low_memory_options(parser: argparse.ArgumentParser) -> None:
+    from .low_memory import OFFLOAD_MODES, QUANTIZE_SCHEMES
+
+    parser.add_argument(
+        "--offload",
+        nargs="?",
+        const="model",
+        choices=list(OFFLOAD_MODES),
+        help="keep weights on the CPU until used: "
+        + "; ".join(f"{k}: {v}" for k, v in OFFLOAD_MODES.items())
+        + " (--offload alone: model)",
+    )
+    parser.add_argument(
+        "--quantize",
+        metavar="SCHEME",
+        help="the transformer in less memory: "
+        + "; ".join(f"{k}: {v}" for k, v in QUANTIZE_SCHEMES.items())
+        + "; or a .gguf file (unityvideo convert --to gguf)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -360,6 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--host", default="127.0.0.1")
     demo.add_argument("--port", type=int, default=7860)
     demo.add_argument("--share", action="store_true", help="a public Gradio link")
+    _add_low_memory_options(demo)
     demo.set_defaults(run=_demo, parser=demo, required=())
 
     evaluation = commands.add_parser("eval", help="quality on held-out ShapesWorld scenes, against baselines")
@@ -408,7 +433,10 @@ def _demo(args: argparse.Namespace) -> str:
         raise ValueError(f"The demo needs Gradio: pip install 'unityvideo-diffusers[demo]' ({error}).") from None
     if not Path(args.model).exists() and args.model.count("/") != 1:
         raise FileNotFoundError(f"--model {args.model} is neither a folder nor a Hub id (owner/name).")
-    launch(args.model, args.device, args.dtype, args.host, args.port, args.share)
+    from .low_memory import check_low_memory
+
+    check_low_memory(args.quantize, args.offload, args.device)  # before the demo loads anything
+    launch(args.model, args.device, args.dtype, args.host, args.port, args.share, args.quantize, args.offload)
     return "Demo stopped."
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .low_memory import check_low_memory, loading_kwargs, place
 from .modalities import decode_depth, decode_flow, decode_segmentation
 from .video_io import load_frames, save_video
 
@@ -55,20 +56,26 @@ def make_scheduler(name: str, pipe):
 
 
 def load_pipeline(
-    pipeline_class, model: str, device: str, dtype: str, offload: bool, vae_tiling: bool, scheduler: str
+    pipeline_class,
+    model: str,
+    device: str,
+    dtype: str,
+    offload: str | None,
+    vae_tiling: bool,
+    scheduler: str,
+    quantize: str | None = None,
 ):
+    """`offload`: None, "model", "group" or "sequential"; `quantize`: None, "int8", "fp8", "nf4" or a .gguf file."""
     if dtype not in DTYPES:
         raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}.")
     if not Path(model).exists() and model.count("/") != 1:
         raise FileNotFoundError(f"--model {model} is neither a folder nor a Hub id (owner/name).")
-    pipe = pipeline_class.from_pretrained(model, dtype=DTYPES[dtype])
+    check_low_memory(quantize, offload, device)
+    pipe = pipeline_class.from_pretrained(model, dtype=DTYPES[dtype], **loading_kwargs(quantize, DTYPES[dtype]))
     pipe.scheduler = make_scheduler(scheduler, pipe)
     if vae_tiling:
         pipe.vae.enable_tiling()
-    if offload:
-        pipe.enable_model_cpu_offload(device=device)
-    else:
-        pipe.to(device)
+    place(pipe, quantize, offload, device, DTYPES[dtype])
     return pipe
 
 
@@ -109,6 +116,7 @@ def run(job: str, settings: dict) -> dict:
         settings["offload"],
         settings["vae_tiling"],
         settings["scheduler"],
+        settings.get("quantize"),
     )
     loaded = time.perf_counter()
     modality = pipe.transformer.resolve_modality_name(modality) if modality else None  # "flow" -> "raft"
