@@ -64,8 +64,8 @@ def depth_curve(log_path: Path) -> list[tuple[int, float]]:
 
 def main() -> None:
     from unityvideo_diffusers import UnityVideoPipeline, UnityVideoTransformer3DModel
-    from unityvideo_diffusers.data.demo_model import train_config
-    from unityvideo_diffusers.data.evaluate import evaluate
+    from unityvideo_diffusers.shapesworld.evaluation import evaluate
+    from unityvideo_diffusers.shapesworld.recipe import train_config
     from unityvideo_diffusers.training import train
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

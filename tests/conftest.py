@@ -9,7 +9,7 @@ from unityvideo_diffusers.testing import TINY_TRANSFORMER, randomize_parameters,
 
 
 # the pipelines' tiny transformer with few latent channels, for model-only tests; its head_dim 24 is one where
-# diffusers' and DiffSynth's RoPE splits agree (head_dim % 6 < 3; reference file, section 10)
+# diffusers' and DiffSynth's RoPE splits agree (head_dim % 6 < 3)
 TINY = {**TINY_TRANSFORMER, "in_channels": 4, "out_channels": 4, "text_dim": 16}
 TEXT_LEN = 7
 

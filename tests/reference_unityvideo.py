@@ -1,9 +1,9 @@
 """Independent numerical reference of the RELEASED UnityVideo two-stream DiT, for tests only.
 
 This is a plain-PyTorch (fp32, torch + math only) re-statement of the released model
-("UnifiedWanModel" wrapping a Wan2.2 "WanModel") written from the project's spec
-(shared/reference/unityvideo-released-model.md, sections 3, 4, 5, 6, 10) and the original Wan
-math conventions. It does not import or mirror the implementation under test: it is the
+("UnifiedWanModel" wrapping a Wan2.2 "WanModel") written from the released model's description
+(its architecture, checkpoint keys, modality prompts and flow-matching convention, in the authors'
+layout) and the original Wan math conventions. It does not import or mirror the implementation under test: it is the
 yardstick the tests compare against. Parameters use the ORIGINAL checkpoint key layout:
 Wan keys under ``base.``; ``flow_patch_embedding``, ``flow_in``, ``modality_embeddings.<name>``
 and ``flow_head.{head,modulation}`` at the top level. No buffers appear in ``state_dict()``.
@@ -216,7 +216,7 @@ class ReferenceUnifiedWan(nn.Module):
         self.flow_in = nn.Linear(dim, dim)
         self.modality_embeddings = nn.ParameterDict({m: nn.Parameter(torch.zeros(dim)) for m in modalities})
         self.flow_head = Head(dim, out_channels, self.patch_size, eps)
-        # "init" as the authors describe it (section 3); randomize_ overwrites everything anyway
+        # "init" as the authors describe it; randomize_ overwrites everything anyway
         with torch.no_grad():
             self.flow_patch_embedding.load_state_dict(self.base.patch_embedding.state_dict())
             self.flow_head.load_state_dict(self.base.head.state_dict())

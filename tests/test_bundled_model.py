@@ -19,9 +19,8 @@ import sys
 import pytest
 
 from unityvideo_diffusers import DEMO_MODEL
-from unityvideo_diffusers.data.demo_model import WORLD
-from unityvideo_diffusers.data.evaluate import calibrate_shape_reader, evaluate, vae_ceiling
-from unityvideo_diffusers.data.shapesworld import WorldConfig, write_split
+from unityvideo_diffusers.shapesworld.evaluation import calibrate_shape_reader, evaluate, vae_ceiling
+from unityvideo_diffusers.shapesworld.world import DEMO_WORLD, WorldConfig, write_split
 from unityvideo_diffusers.video_io import load_frames
 
 
@@ -34,8 +33,8 @@ def unityvideo(*args, cwd):
 def test_the_demo_model_is_bundled_and_small():
     size = sum(p.stat().st_size for p in DEMO_MODEL.rglob("*") if p.is_file())
     assert (DEMO_MODEL / "model_index.json").is_file() and size < 25 * 2**20
-    recipe = json.loads((DEMO_MODEL / "recipe.json").read_text())
-    assert recipe["world"] == {"height": 64, "width": 64, "frames": 17}
+    defaults = json.loads((DEMO_MODEL / "model_index.json").read_text())["sampling_defaults"]
+    assert {(d["height"], d["width"], d["num_frames"]) for d in defaults.values()} == {(64, 64, 17)}
 
 
 def test_generate_estimate_control_default_to_the_demo_model(tmp_path):
@@ -46,7 +45,8 @@ def test_generate_estimate_control_default_to_the_demo_model(tmp_path):
     [video] = [v for v in (tmp_path / "outputs").glob("generate-*.mp4") if not v.stem.endswith("_depth")]
     record = json.loads(video.with_suffix(".json").read_text())
     assert record["settings"]["model"] == str(DEMO_MODEL)
-    assert record["settings"]["steps"] == json.loads((DEMO_MODEL / "recipe.json").read_text())["sampling"]["steps"]
+    defaults = json.loads((DEMO_MODEL / "model_index.json").read_text())["sampling_defaults"]
+    assert record["settings"]["steps"] == defaults["joint"]["num_inference_steps"]
     frames = load_frames(video)
     assert len(frames) == 17 and frames[0].size == (64, 64)
 
@@ -77,14 +77,14 @@ def held_out_clips(folder, config: WorldConfig, count: int = 3):
 
 @pytest.fixture(scope="module")
 def held_out(tmp_path_factory):
-    return held_out_clips(tmp_path_factory.mktemp("world"), WorldConfig(**WORLD))
+    return held_out_clips(tmp_path_factory.mktemp("world"), WorldConfig(**DEMO_WORLD))
 
 
 @pytest.fixture(scope="module")
 def held_out_single_objects(tmp_path_factory):
     """Text adherence is read from one-object scenes (the reader cannot tell whose colour is whose)."""
     return held_out_clips(
-        tmp_path_factory.mktemp("single"), WorldConfig(**WORLD, min_objects=1, max_objects=1), count=8
+        tmp_path_factory.mktemp("single"), WorldConfig(**DEMO_WORLD, min_objects=1, max_objects=1), count=8
     )
 
 
@@ -94,7 +94,7 @@ def shape_reader():
     from diffusers import AutoencoderKLWan
 
     return calibrate_shape_reader(
-        AutoencoderKLWan.from_pretrained(DEMO_MODEL, subfolder="vae").eval(), WorldConfig(**WORLD), per_shape=10
+        AutoencoderKLWan.from_pretrained(DEMO_MODEL, subfolder="vae").eval(), WorldConfig(**DEMO_WORLD), per_shape=10
     )
 
 
@@ -114,10 +114,10 @@ def test_control_follows_the_control_video(held_out):
 def test_generation_follows_the_prompt_colour_and_motion_and_its_segmentation_agrees(
     held_out_single_objects, shape_reader
 ):
-    scores = evaluate(DEMO_MODEL, held_out_single_objects, steps=10, jobs=("text2video",), shape_reader=shape_reader)
-    assert scores["text2video/colour_accuracy"] > 0.6 and scores["text2video/motion_accuracy"] > 0.29, scores
+    scores = evaluate(DEMO_MODEL, held_out_single_objects, steps=10, jobs=("joint",), shape_reader=shape_reader)
+    assert scores["joint/colour_accuracy"] > 0.6 and scores["joint/motion_accuracy"] > 0.29, scores
     assert scores["joint/rgb_segmentation_kappa"] > 0.3, scores
-    assert scores["text2video/colour_word_reading"] > 0.3 and scores["text2video/motion_word_reading"] > 0.1, scores
+    assert scores["joint/colour_word_reading"] > 0.3 and scores["joint/motion_word_reading"] > 0.1, scores
 
 
 def test_the_vae_ceiling_scores_reconstructions_of_the_truth(held_out, held_out_single_objects, shape_reader):
@@ -132,8 +132,8 @@ def test_the_vae_ceiling_scores_reconstructions_of_the_truth(held_out, held_out_
     } <= scores.keys()
     assert scores["perception/depth_delta1"] > 0.9 and scores["perception/segmentation_iou"] > 0.7, scores
     assert scores["perception/normal_degrees"] < 8 and scores["control/depth_layering_accuracy"] > 0.85, scores
-    single = vae_ceiling(DEMO_MODEL, held_out_single_objects, jobs=("text2video",), shape_reader=shape_reader)
-    assert {"text2video/colour_accuracy", "text2video/shape_accuracy", "joint/rgb_segmentation_kappa"} <= single.keys()
-    assert all(name.startswith(("text2video/", "joint/")) for name in single), single
+    single = vae_ceiling(DEMO_MODEL, held_out_single_objects, jobs=("joint",), shape_reader=shape_reader)
+    assert {"joint/colour_accuracy", "joint/shape_accuracy", "joint/rgb_segmentation_kappa"} <= single.keys()
+    assert all(name.startswith("joint/") for name in single), single
     assert single["joint/rgb_segmentation_kappa"] > 0.5, single
-    assert single["text2video/shape_accuracy"] > 0.7, single  # read as this VAE draws shapes, they are not capped
+    assert single["joint/shape_accuracy"] > 0.7, single  # read as this VAE draws shapes, they are not capped

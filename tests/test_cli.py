@@ -301,18 +301,12 @@ def test_every_command_reads_a_config(model, tmp_path, capsys):
 
 
 def test_scheduler_choices_keep_the_folder_shift():
-    from types import SimpleNamespace
-
     from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 
-    from unityvideo_diffusers.jobs import make_scheduler
+    from unityvideo_diffusers.schedulers import scheduler_by_name
 
-    pipe = SimpleNamespace(
-        scheduler=UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=2.0)
-    )
-    assert make_scheduler("euler", pipe).config.shift == 2.0
-    assert (
-        make_scheduler("dpm", pipe).config.flow_shift == 2.0 and make_scheduler("unipc", pipe).config.flow_shift == 2.0
-    )
-    pipe.scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
-    assert make_scheduler("unipc", pipe).config.flow_shift == 3.0
+    folder = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=2.0)
+    assert scheduler_by_name("euler", folder).config.shift == 2.0
+    assert scheduler_by_name("dpm", folder).config.flow_shift == 2.0
+    assert scheduler_by_name("unipc", folder).config.flow_shift == 2.0
+    assert scheduler_by_name("unipc", FlowMatchEulerDiscreteScheduler(shift=3.0)).config.flow_shift == 3.0

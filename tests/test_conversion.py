@@ -55,7 +55,7 @@ def leftovers(directory):
 
 
 def released_5b_shapes():
-    """The released file's keys and shapes, written out from the spec (section 4), not from our code."""
+    """The released file's keys and shapes, written out from the released layout (one key per module of the two-stream DiT), not from our code."""
     dim, ffn, text, freq, channels, layers = 3072, 14336, 4096, 256, 48, 30
     shapes = {
         "base.patch_embedding.weight": (dim, channels, 1, 2, 2),

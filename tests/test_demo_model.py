@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from unityvideo_diffusers import UnityVideoPerceptionPipeline
-from unityvideo_diffusers.data.demo_model import (
+from unityvideo_diffusers.shapesworld.recipe import (
     STREAMS,
     VAE,
     build,
@@ -20,7 +20,7 @@ from unityvideo_diffusers.data.demo_model import (
     local_text_encoder,
     object_weights,
 )
-from unityvideo_diffusers.data.shapesworld import WorldConfig, write_split
+from unityvideo_diffusers.shapesworld.world import WorldConfig, write_split
 
 
 def test_recipe_at_a_toy_budget(tmp_path):

@@ -57,3 +57,28 @@ def test_page_code_runs(page, workspace, monkeypatch):
     namespace = {"__name__": f"docs_{page.stem}"}
     for block in python_blocks(page):
         exec(compile(block, str(page), "exec"), namespace)
+
+
+def anchor(heading: str) -> str:
+    """GitHub's anchor for a markdown heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_relative_link_and_anchor_resolves():
+    root = DOCS.parent
+    pages = [root / "README.md", root / "CONTRIBUTING.md", *sorted(DOCS.rglob("*.md"))]
+    broken = []
+    for page in pages:
+        text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:", target):
+                continue
+            path, _, fragment = target.partition("#")
+            linked = (page.parent / path).resolve() if path else page
+            if not linked.exists():
+                broken.append(f"{page.relative_to(root)}: {target}")
+            elif fragment and linked.suffix == ".md":
+                headings = re.findall(r"^#+ (.+)$", linked.read_text(), flags=re.M)
+                if fragment not in {anchor(h) for h in headings}:
+                    broken.append(f"{page.relative_to(root)}: {target} (no such heading)")
+    assert not broken, broken

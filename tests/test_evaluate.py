@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from unityvideo_diffusers import UnityVideoPipeline
-from unityvideo_diffusers.data.evaluate import (
+from unityvideo_diffusers.shapesworld.evaluation import (
     EXACT_SHAPES,
     Scores,
     ShapeReader,
@@ -29,7 +29,7 @@ from unityvideo_diffusers.data.evaluate import (
     swapped_scene,
     trivial_baselines,
 )
-from unityvideo_diffusers.data.shapesworld import (
+from unityvideo_diffusers.shapesworld.world import (
     COLOURS,
     WorldConfig,
     read_world,
@@ -179,17 +179,17 @@ def test_trivial_baselines(tmp_path):
     scenes = [json.loads((clip / "scene.json").read_text()) for clip in sorted((tmp_path / "eval").glob("0*"))]
     for attribute in ("colour", "shape", "motion"):  # one constant answer, scored class-balanced
         used = {scene["objects"][0][attribute] for scene in scenes}
-        assert scores[f"text2video/{attribute}_accuracy"] == 1 / len(used)
+        assert scores[f"joint/{attribute}_accuracy"] == 1 / len(used)
 
 
 def test_scores_can_be_kept_to_the_jobs_asked_for(tmp_path):
-    """`--jobs text2video` keeps text adherence and the joint agreement (read from the same generated clip) only."""
+    """`--jobs joint` keeps text adherence and the RGB-segmentation agreement (read from the same generated clip) only."""
     write_split(tmp_path, "eval", 2, 0, WorldConfig(height=32, width=32, frames=5))
     scores = trivial_baselines(tmp_path / "eval")
-    text = of_jobs(scores, ("text2video",))
-    assert "joint/rgb_segmentation_kappa" in text and "text2video/colour_accuracy" in text
-    assert all(name.startswith(("text2video/", "joint/")) for name in text)
-    assert of_jobs(scores, ("perception", "control", "text2video")) == scores
+    text = of_jobs(scores, ("joint",))
+    assert "joint/rgb_segmentation_kappa" in text and "joint/colour_accuracy" in text
+    assert all(name.startswith("joint/") for name in text)
+    assert of_jobs(scores, ("perception", "control", "joint")) == scores
     assert (
         set(of_jobs(scores, ("perception",))) == {name for name in scores if name.startswith("perception/")} != set()
     )
@@ -260,3 +260,23 @@ def test_word_reading_is_zero_exactly_when_the_model_ignores_the_prompt(tmp_path
         torch.nn.init.zeros_(block.attn2.to_out[0].weight)
         torch.nn.init.zeros_(block.attn2.to_out[0].bias)
     assert all(value == 0 for value in reading().values())
+
+
+def test_the_eval_command_scores_the_bundled_model_and_writes_its_table(tmp_path, capsys):
+    """`unityvideo eval` runs the evaluation in Python (no argv rebuilt) and writes the JSON it prints."""
+    from unityvideo_diffusers import DEMO_MODEL
+    from unityvideo_diffusers.cli import main
+    from unityvideo_diffusers.shapesworld.world import DEMO_WORLD
+
+    write_split(tmp_path, "eval", 1, 0, WorldConfig(**DEMO_WORLD))
+    output = tmp_path / "quality.json"
+    argv = ["eval", "--model", str(DEMO_MODEL), "--data", str(tmp_path / "eval"), "--jobs", "perception"]
+    main([*argv, "--steps", "2", "--shape-reader", "exact", "--output", str(output)])
+    results = json.loads(output.read_text())
+    assert set(results) == {"trivial", "model/default/2"}
+    assert (
+        results["model/default/2"].keys() == results["trivial"].keys()
+        and "perception/depth_delta1" in results["trivial"]
+    )
+    printed = capsys.readouterr().out
+    assert "model/default/2" in printed and f"Wrote {output}." in printed

@@ -1,6 +1,6 @@
 """Forward parity with an independent reference of the released model (tests/reference_unityvideo.py).
 
-The reference is written from the spec in the authors' layout and conventions (interleaved (f, h, 2w) sequence,
+The reference is written from the released model's description in the authors' layout and conventions (interleaved (f, h, 2w) sequence,
 explicit per-stream cross-attention, complex float64 RoPE with DiffSynth's head split). Its random weights go
 through our converter, so each case checks conversion and forward together. Tolerance: 1e-5 relative, fp32.
 """

@@ -63,7 +63,7 @@ def manual_encode(pipe, video_tensor):
 def authors_loop(
     transformer, rgb, modality_latent, context, modality_context, modality, steps, update_rgb, update_modality
 ):
-    """Section 7 of the reference file: Euler on linspace(1, 0, steps + 1), the model given t * 1000, no guidance."""
+    """The authors' sampler: Euler on linspace(1, 0, steps + 1), the model given t * 1000, no guidance."""
     grid = torch.linspace(1.0, 0.0, steps + 1)
     for index in range(steps):
         t, delta = grid[index], grid[index + 1] - grid[index]

@@ -10,8 +10,8 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from unityvideo_diffusers.data.shapesworld import WorldConfig, render, sample_scene, write_split
 from unityvideo_diffusers.modalities import decode_depth, decode_flow, decode_segmentation
+from unityvideo_diffusers.shapesworld.world import WorldConfig, render, sample_scene, write_split
 from unityvideo_diffusers.training.data import load_row_frames, read_metadata
 
 
@@ -77,7 +77,7 @@ def test_extra_captions_are_partial_captions_of_the_same_clip(tmp_path):
 
 
 def test_the_command_writes_one_split_of_one_object_scenes(tmp_path):
-    from unityvideo_diffusers.data.shapesworld import main
+    from unityvideo_diffusers.shapesworld.world import main
 
     main(
         [
@@ -106,14 +106,13 @@ def test_the_command_writes_one_split_of_one_object_scenes(tmp_path):
 
 
 def test_the_command_writes_the_demo_models_world(tmp_path):
-    from unityvideo_diffusers.data.demo_model import WORLD
-    from unityvideo_diffusers.data.shapesworld import main
+    from unityvideo_diffusers.shapesworld.world import DEMO_WORLD, main
 
     main(["--output", str(tmp_path), "--train", "0", "--eval", "4", "--size", "32", "--frames", "5", "--demo-world"])
     objects = [o for path in (tmp_path / "eval").glob("*/scene.json") for o in json.loads(path.read_text())["objects"]]
-    low, high = WORLD["speed_range"]
+    low, high = DEMO_WORLD["speed_range"]
     assert objects and all(
-        low <= o["speed"] <= high and WORLD["min_size"] <= o["size"] <= WORLD["max_size"] for o in objects
+        low <= o["speed"] <= high and DEMO_WORLD["min_size"] <= o["size"] <= DEMO_WORLD["max_size"] for o in objects
     )
 
 

@@ -36,7 +36,7 @@ def test_from_wan_equals_wan_on_rgb_alone():
     model = UnityVideoTransformer3DModel.from_wan(copy.deepcopy(wan))
     out = model(**_rgb_args(inputs))
     assert out.modality_sample is None
-    # diffusers' float32 sinusoid vs our float64 one: ~1e-6 apart (reference file, section 6)
+    # diffusers' float32 sinusoid vs our float64 one: ~1e-6 apart (the authors compute the sinusoid in the timestep's float32)
     assert relative_error(out.sample, expected) < 1e-5
 
 

@@ -14,7 +14,7 @@ from .tasks import TASK_NAMES, resolve_task
 
 __version__ = "0.1.0"
 
-# the bundled demo model (a small UnityVideo trained on ShapesWorld; see unityvideo_diffusers.data.demo_model)
+# the bundled demo model (a small UnityVideo trained on ShapesWorld; see unityvideo_diffusers.shapesworld.recipe)
 DEMO_MODEL = __import__("pathlib").Path(__file__).parent / "assets" / "shapesworld-demo"
 
 __all__ = [

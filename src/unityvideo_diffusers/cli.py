@@ -9,6 +9,9 @@ import sys
 import time
 from pathlib import Path
 
+from .schedulers import SCHEDULER_NAMES
+from .tasks import TASK_NAMES, resolve_task
+
 
 def _convert(args: argparse.Namespace) -> str:
     from .conversion import convert_diffusers_to_released, convert_released_to_diffusers
@@ -100,13 +103,13 @@ JOB_DEFAULTS = dict(
     offload=None,
     quantize=None,
     vae_tiling=False,
-    scheduler="default",
-    steps=30,
-    guidance_scale=5.0,
+    scheduler=None,  # None: the model folder's, as for the sampling settings below
+    steps=None,
+    guidance_scale=None,
     seed=0,
-    frames=33,
-    height=256,
-    width=256,
+    frames=None,
+    height=None,
+    width=None,
     fps=8,
     negative_prompt=None,
     modality=None,
@@ -143,16 +146,13 @@ def _default_model() -> str:
 
 
 def _job_settings(job: str, args: argparse.Namespace) -> dict:
-    """Defaults, then the YAML file, then the flags given on the command line (each level overrides the previous)."""
-    from .jobs import recipe_defaults
-
+    """Defaults, then the YAML file, then the flags given on the command line (each level overrides the previous).
+    Sampling settings left unset (size, frames, steps, guidance, scheduler) are the model folder's, filled in by the
+    pipeline."""
     allowed = SHARED_OPTIONS | JOB_OPTIONS[job]
     settings = {key: value for key, value in JOB_DEFAULTS.items() if key in allowed}
     if job == "restyle":
         settings["modality"] = "depth"  # structure and motion, without the original's colours
-    if job in ("control", "estimate", "restyle"):
-        settings["frames"] = None  # as many as the given video has
-        settings["guidance_scale"] = 1.0 if job == "estimate" else settings["guidance_scale"]
     explicit = _read_job_config(args.config, allowed) if args.config else {}
     explicit.update({key: value for key, value in vars(args).items() if key in allowed and value is not None})
     settings.update(explicit)
@@ -160,12 +160,6 @@ def _job_settings(job: str, args: argparse.Namespace) -> dict:
         settings["offload"] = "model" if settings["offload"] else None
     if settings.get("model") is None:
         settings["model"] = _default_model()
-    for key, value in recipe_defaults(settings["model"]).items():  # a model trained at its own size: the demo model
-        fixed_by_job = (key == "frames" and settings.get("frames") is None) or (
-            key == "guidance_scale" and job == "estimate"
-        )
-        if key not in explicit and not fixed_by_job:
-            settings[key] = value
     required = {
         "generate": ["prompt"],
         "control": ["prompt", "modality"],
@@ -181,7 +175,7 @@ def _job_settings(job: str, args: argparse.Namespace) -> dict:
         if settings.get(name) and not Path(settings[name]).exists():
             raise FileNotFoundError(f"--{name.replace('_', '-')} {settings[name]} does not exist.")
     for name in ("steps", "height", "width", "fps"):
-        if not isinstance(settings[name], int) or settings[name] <= 0:
+        if settings[name] is not None and (not isinstance(settings[name], int) or settings[name] <= 0):
             raise ValueError(f"{name} must be a positive integer, got {settings[name]!r}.")
     if settings["frames"] is not None and (
         not isinstance(settings["frames"], int) or (settings["frames"] - 1) % 4 or settings["frames"] < 1
@@ -245,13 +239,19 @@ def _add_job_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=["fp32", "bf16", "fp16"])
     _add_low_memory_options(parser)
     parser.add_argument("--vae-tiling", action="store_true", default=None, help="decode in tiles (low memory)")
-    parser.add_argument("--scheduler", choices=["default", "unipc", "euler", "dpm", "reference"])
-    parser.add_argument("--steps", type=int, help="sampling steps (default 30)")
-    parser.add_argument("--guidance-scale", type=float, help="classifier-free guidance (1 = off)")
+    parser.add_argument(
+        "--scheduler", choices=SCHEDULER_NAMES, help="default: the model's (reference: the authors' sampler)"
+    )
+    parser.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
+    parser.add_argument(
+        "--guidance-scale", type=float, help="classifier-free guidance, 1 = off (default: the model's)"
+    )
     parser.add_argument("--seed", type=int)
-    parser.add_argument("--frames", type=int, help="4k+1 (default 33; control/estimate: the video's length)")
-    parser.add_argument("--height", type=int)
-    parser.add_argument("--width", type=int)
+    parser.add_argument(
+        "--frames", type=int, help="4k+1 (default: the model's; control and estimate: the video's length)"
+    )
+    parser.add_argument("--height", type=int, help="default: the model's")
+    parser.add_argument("--width", type=int, help="default: the model's")
     parser.add_argument("--fps", type=int, help="frame rate of the written videos (default 8)")
 
 
@@ -274,6 +274,15 @@ def _add_low_memory_options(parser: argparse.ArgumentParser) -> None:
         + "; ".join(f"{k}: {v}" for k, v in QUANTIZE_SCHEMES.items())
         + "; or a .gguf file (unityvideo convert --to gguf)",
     )
+
+
+def _job_parser(commands, task_name: str, help_suffix: str = "") -> argparse.ArgumentParser:
+    """A job's subcommand, named by its verb in the task table, with the job's other names as aliases."""
+    task = resolve_task(task_name)
+    aliases = [name for name in (task.name, *task.aliases) if name != task.verb]
+    parser = commands.add_parser(task.verb, aliases=aliases, help=task.summary + help_suffix)
+    parser.set_defaults(verb=task.verb)
+    return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -330,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     trainer.add_argument("--quiet", action="store_true", help="no progress bars")
     trainer.set_defaults(run=_train)
 
-    generate = commands.add_parser("generate", aliases=["text2all"], help="text -> video (+ a modality video)")
+    generate = _job_parser(commands, "joint")
     generate.add_argument("prompt", nargs="?")
     generate.add_argument("--modality", help="also generate this modality (depth, raft, segmentation, ...)")
     generate.add_argument("--image", help="first frame to keep (image file)")
@@ -338,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_job_options(generate)
     generate.set_defaults(run=_job("generate"))
 
-    control = commands.add_parser("control", aliases=["flow2video"], help="modality video (+ text) -> video")
+    control = _job_parser(commands, "control")
     control.add_argument("prompt", nargs="?")
     control.add_argument("--control-video", help="the modality video (file or frame folder)")
     control.add_argument("--control-image", help="a single control image, held for every frame")
@@ -347,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_job_options(control)
     control.set_defaults(run=_job("control"))
 
-    estimate = commands.add_parser("estimate", aliases=["video2flow"], help="video -> modality video (+ numbers)")
+    estimate = _job_parser(commands, "perception", help_suffix=" (+ numbers)")
     estimate.add_argument("video", nargs="?")
     estimate.add_argument("--modality", help="what to estimate (depth, raft, segmentation, ...)")
     estimate.add_argument("--prompt", help="optional caption of the video")
@@ -392,20 +401,22 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument(
         "--data",
         required=True,
-        help="a ShapesWorld eval split folder (python -m unityvideo_diffusers.data.shapesworld)",
+        help="a ShapesWorld eval split folder (python -m unityvideo_diffusers.shapesworld.world)",
     )
     evaluation.add_argument("--baseline-model", help="e.g. the untrained starting folder")
-    evaluation.add_argument("--steps", type=int, nargs="+", default=[20])
+    evaluation.add_argument("--steps", type=int, nargs="+", help="step counts to score (default: the model's)")
     evaluation.add_argument("--schedulers", nargs="+", default=["default"])
     evaluation.add_argument("--limit", type=int, help="only the first N clips")
-    evaluation.add_argument("--guidance-scale", type=float, default=3.0, help="for control and text -> video")
+    evaluation.add_argument(
+        "--guidance-scale", type=float, help="for control and text -> video (default: the model's for each)"
+    )
     evaluation.add_argument(
         "--vae-ceiling", action="store_true", help="also score the model's VAE reconstructions of the true clips"
     )
     evaluation.add_argument(
         "--jobs",
         nargs="+",
-        choices=["perception", "control", "text2video"],
+        choices=TASK_NAMES,
         help="score only these (default: all three)",
     )
     evaluation.add_argument(
@@ -441,30 +452,23 @@ def _demo(args: argparse.Namespace) -> str:
 
 
 def _eval(args: argparse.Namespace) -> str:
-    from .data.evaluate import main as evaluate
+    from .shapesworld.evaluation import evaluate_all, format_table
 
-    argv = [
-        "--model",
+    results = evaluate_all(
         args.model or _default_model(),
-        "--data",
         args.data,
-        "--output",
-        args.output,
-        "--steps",
-        *map(str, args.steps),
-        "--schedulers",
-        *args.schedulers,
-        "--guidance-scale",
-        str(args.guidance_scale),
-    ]
-    argv += ["--baseline-model", args.baseline_model] if args.baseline_model else []
-    argv += ["--limit", str(args.limit)] if args.limit else []
-    argv += ["--vae-ceiling"] if args.vae_ceiling else []
-    argv += ["--jobs", *args.jobs] if args.jobs else []
-    argv += ["--shape-reader", args.shape_reader]
-    argv += ["--device", args.device]
-    evaluate(argv)
-    return f"Wrote {args.output}."
+        steps=tuple(args.steps) if args.steps else None,
+        schedulers=tuple(args.schedulers),
+        limit=args.limit,
+        jobs=tuple(args.jobs or TASK_NAMES),
+        guidance_scale=args.guidance_scale,
+        baseline_model=args.baseline_model,
+        with_vae_ceiling=args.vae_ceiling,
+        shape_reader=args.shape_reader,
+        device=args.device,
+    )
+    Path(args.output).write_text(json.dumps(results, indent=2))
+    return f"{format_table(results)}\nWrote {args.output}."
 
 
 def _push(args: argparse.Namespace) -> str:
@@ -517,9 +521,7 @@ def _info(args: argparse.Namespace) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    command = {"text2all": "generate", "flow2video": "control", "video2flow": "estimate"}.get(
-        args.command, args.command
-    )
+    command = getattr(args, "verb", args.command)
     try:
         if hasattr(args, "parser"):  # commands whose options may also come from --config
             _apply_config(args)

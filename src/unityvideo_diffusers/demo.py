@@ -18,17 +18,17 @@ def build_demo(
 ):
     import gradio as gr
 
-    from .jobs import load_pipeline, recipe_defaults
+    from .jobs import load_pipeline
     from .pipelines import UnityVideoControlPipeline, UnityVideoPerceptionPipeline, UnityVideoPipeline
     from .video_io import save_video
 
-    pipe = load_pipeline(UnityVideoPipeline, model, device, dtype, offload, False, "default", quantize)
+    pipe = load_pipeline(UnityVideoPipeline, model, device, dtype, offload, False, None, quantize)
     pipe.set_progress_bar_config(disable=True)
     control = UnityVideoControlPipeline.from_pipe(pipe)
     perception = UnityVideoPerceptionPipeline.from_pipe(pipe)
     modalities = list(pipe.transformer.config.modalities)
     folder = Path(tempfile.mkdtemp(prefix="unityvideo-demo-"))
-    defaults = {"steps": 20, "guidance_scale": 5.0, "frames": 17, "height": 256, **recipe_defaults(model)}
+    defaults = pipe.job_defaults("joint")  # the folder's; estimation keeps its own guidance
 
     def written(frames, name: str) -> str:
         return str(save_video(frames, folder / f"{name}-{uuid.uuid4().hex[:8]}.mp4"))
@@ -57,18 +57,18 @@ def build_demo(
     def video_to_modality(video, modality, *common):
         if not video:
             raise gr.Error("Give a video.")
-        out = perception(video=video, modality=modality, **{**settings(*common), "guidance_scale": 1.0})
+        out = perception(video=video, modality=modality, **{**settings(*common), "guidance_scale": None})
         return written(out.modality_frames[0], modality)
 
     with gr.Blocks(title="UnityVideo") as demo:
         gr.Markdown("# UnityVideo\nOne model: text → video + modality, modality → video, video → modality.")
         with gr.Row():
-            steps = gr.Slider(1, 100, value=defaults["steps"], step=1, label="steps")
+            steps = gr.Slider(1, 100, value=defaults["num_inference_steps"], step=1, label="steps")
             guidance = gr.Slider(
                 1, 10, value=defaults["guidance_scale"], step=0.5, label="guidance (not for estimation)"
             )
             seed = gr.Number(value=0, precision=0, label="seed")
-            frames = gr.Slider(1, 81, value=defaults["frames"], step=4, label="frames (4k+1)")
+            frames = gr.Slider(1, 81, value=defaults["num_frames"], step=4, label="frames (4k+1)")
             size = gr.Slider(64, 512, value=defaults["height"], step=32, label="height = width")
         with gr.Row():
             with gr.Column():

@@ -11,6 +11,8 @@ import torch
 
 from .low_memory import check_low_memory, loading_kwargs, place
 from .modalities import decode_depth, decode_flow, decode_segmentation
+from .schedulers import scheduler_by_name
+from .tasks import resolve_task
 from .video_io import load_frames, save_video
 
 
@@ -20,39 +22,6 @@ DECODERS = {
     "raft": ("flow", decode_flow),
     "segmentation": ("labels", decode_segmentation),
 }
-
-
-def recipe_defaults(model: str | Path) -> dict:
-    """What a model trained at its own size (the demo model) records in its folder's `recipe.json`: the size it
-    works at and its sampling settings, as height, width, frames, steps and guidance_scale (empty for other models)."""
-    recipe = Path(model) / "recipe.json"
-    if not recipe.is_file():
-        return {}
-    recipe = json.loads(recipe.read_text())
-    return {**recipe.get("world", {}), **recipe.get("sampling", {})}
-
-
-def make_scheduler(name: str, pipe):
-    """'default' keeps the folder's scheduler; 'reference' is the authors' sampler; others are diffusers' own, with
-    the folder scheduler's flow shift."""
-    from diffusers import DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
-
-    from .schedulers import LinearFlowMatchEulerScheduler
-
-    # the folder's shift is the one its model was trained for (5 for the release)
-    config = pipe.scheduler.config
-    shift = float(config.get("flow_shift") if config.get("use_flow_sigmas") else config.get("shift", 5.0))
-    flow = dict(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=shift)
-    choices = {
-        "default": lambda: pipe.scheduler,
-        "reference": LinearFlowMatchEulerScheduler,
-        "euler": lambda: FlowMatchEulerDiscreteScheduler(shift=shift),
-        "unipc": lambda: UniPCMultistepScheduler(**flow),
-        "dpm": lambda: DPMSolverMultistepScheduler(**flow),
-    }
-    if name not in choices:
-        raise ValueError(f"Unknown scheduler {name!r}; choose one of {', '.join(choices)}.")
-    return choices[name]()
 
 
 def load_pipeline(
@@ -72,7 +41,8 @@ def load_pipeline(
         raise FileNotFoundError(f"--model {model} is neither a folder nor a Hub id (owner/name).")
     check_low_memory(quantize, offload, device)
     pipe = pipeline_class.from_pretrained(model, dtype=DTYPES[dtype], **loading_kwargs(quantize, DTYPES[dtype]))
-    pipe.scheduler = make_scheduler(scheduler, pipe)
+    if scheduler is not None:  # None: the folder's, for each job its own
+        pipe.scheduler = scheduler_by_name(scheduler, pipe.scheduler)
     if vae_tiling:
         pipe.vae.enable_tiling()
     place(pipe, quantize, offload, device, DTYPES[dtype])
@@ -95,8 +65,21 @@ def write_outputs(output: Path, frames, modality_frames, modality: str | None, f
     return written
 
 
+def used_settings(pipe, job: str, settings: dict) -> dict:
+    """The command's settings with the ones it left unset filled in as the pipeline resolves them for `job`."""
+    defaults = pipe.job_defaults(job)
+    names = dict(height="height", width="width", steps="num_inference_steps", guidance_scale="guidance_scale")
+    if job == "joint":  # control and estimation take their conditioning video's length
+        names["frames"] = "num_frames"
+    filled = {key: defaults[name] for key, name in names.items() if settings.get(key) is None}
+    if settings.get("scheduler") is None:
+        filled["scheduler"] = f"{defaults['scheduler']} ({type(pipe.job_scheduler(job)).__name__})"
+    return {**settings, **filled}
+
+
 def run(job: str, settings: dict) -> dict:
-    """Run `job` ("generate", "control", "estimate") with `settings` (the command's options); returns the record."""
+    """Run the command `job` (generate, control, estimate, restyle) with `settings` (its options); returns the
+    record, also written beside the outputs."""
     from .pipelines import UnityVideoControlPipeline, UnityVideoPerceptionPipeline, UnityVideoPipeline
 
     started = time.perf_counter()
@@ -124,9 +107,9 @@ def run(job: str, settings: dict) -> dict:
         height=settings["height"],
         width=settings["width"],
         num_inference_steps=settings["steps"],
-        guidance_scale=settings["guidance_scale"],
         generator=torch.Generator().manual_seed(settings["seed"]),
     )
+    guidance = dict(guidance_scale=settings["guidance_scale"])
     if job == "generate":
         image = load_frames(settings["image"])[0] if settings.get("image") else None
         result = pipe(
@@ -136,18 +119,17 @@ def run(job: str, settings: dict) -> dict:
             image=image,
             num_frames=settings["frames"],
             **common,
+            **guidance,
         )
     elif job == "control":
-        control = settings.get("control_video")
-        if settings.get("control_image"):
-            control = load_frames(settings["control_image"])[:1] * settings["frames"]  # a still control, held
         result = pipe(
             settings["prompt"],
-            control_video=control,
+            control_video=settings.get("control_image") or settings.get("control_video"),  # a still is held
             modality=modality,
             negative_prompt=settings.get("negative_prompt"),
             num_frames=settings.get("frames"),
             **common,
+            **guidance,
         )
     elif job == "estimate":
         result = pipe(
@@ -156,14 +138,10 @@ def run(job: str, settings: dict) -> dict:
             prompt=settings.get("prompt") or "",
             num_frames=settings.get("frames"),
             **common,
+            **guidance,
         )
-    else:  # restyle: the video's modality (its structure and motion), then a new video that follows it
-        structure = pipe(
-            video=settings["video"],
-            modality=modality,
-            num_frames=settings.get("frames"),
-            **{**common, "guidance_scale": 1.0},
-        )
+    else:  # restyle: the estimate runs with its own guidance, the new video with the command's
+        structure = pipe(video=settings["video"], modality=modality, num_frames=settings.get("frames"), **common)
         control = UnityVideoControlPipeline.from_pipe(pipe)
         result = control(
             settings["prompt"],
@@ -171,6 +149,7 @@ def run(job: str, settings: dict) -> dict:
             modality=modality,
             negative_prompt=settings.get("negative_prompt"),
             **common,
+            **guidance,
         )
         result.modality_frames = structure.modality_frames
     generated = time.perf_counter()
@@ -179,7 +158,7 @@ def run(job: str, settings: dict) -> dict:
     )
     record = {
         "job": job,
-        "settings": settings,
+        "settings": used_settings(pipe, "control" if job == "restyle" else resolve_task(job).name, settings),
         "outputs": written,
         "seconds": {
             "load": round(loaded - started, 3),

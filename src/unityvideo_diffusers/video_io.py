@@ -10,22 +10,28 @@ import PIL.Image
 import torch
 
 
-VideoInput = str | os.PathLike | list | np.ndarray | torch.Tensor
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+VideoInput = str | os.PathLike | list | np.ndarray | torch.Tensor | PIL.Image.Image
 
 
 def load_frames(video: VideoInput) -> list[PIL.Image.Image]:
     """
     One video as RGB PIL frames. Accepts a path (mp4, gif, ... via diffusers' `load_video`; a folder of images in
     name order), a list of PIL images or HxWx3 arrays, a (F, H, W, 3) array (uint8, or float in [0, 1]), or a
-    (F, 3, H, W) tensor (float in [0, 1], or uint8).
+    (F, 3, H, W) tensor (float in [0, 1], or uint8). A still (an image file, a PIL image, an H x W x 3 array) is a
+    video of one frame.
     """
     if isinstance(video, (str, os.PathLike)):
         return _read_path(Path(video))
+    if isinstance(video, PIL.Image.Image):  # a still
+        return [video.convert("RGB")]
     if isinstance(video, torch.Tensor):
         if video.ndim != 4 or video.shape[1] not in (1, 3):
             raise ValueError(f"A video tensor must be (F, 3, H, W), got {tuple(video.shape)}.")
         video = video.detach().cpu().permute(0, 2, 3, 1).float().numpy()
         video = video if video.max() > 1.0 else video * 255.0
+    if isinstance(video, np.ndarray) and video.ndim == 3 and video.shape[-1] in (1, 3):  # a still, H x W x 3
+        video = video[None]
     if isinstance(video, np.ndarray):
         if video.ndim != 4 or video.shape[-1] not in (1, 3):
             raise ValueError(f"A video array must be (F, H, W, 3), got {video.shape}.")
@@ -69,8 +75,10 @@ def _is_frame(item) -> bool:
 def _read_path(path: Path) -> list[PIL.Image.Image]:
     if not path.exists():
         raise FileNotFoundError(f"No video at {path}.")
+    if path.suffix.lower() in IMAGE_SUFFIXES:  # a still
+        return [PIL.Image.open(path).convert("RGB")]
     if path.is_dir():
-        images = sorted(p for p in path.iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".webp", ".bmp"})
+        images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not images:
             raise ValueError(f"The folder {path} holds no image frames.")
         return [PIL.Image.open(p).convert("RGB") for p in images]

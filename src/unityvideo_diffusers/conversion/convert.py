@@ -24,6 +24,7 @@ from ..models import UnityVideoTransformer3DModel
 from ..models.keymap import diffusers_to_released_key
 from ..models.safetensors_stream import CheckpointError, SafetensorsReader, TensorInfo, sha256_of, write_safetensors
 from ..models.single_file import raise_if_any, verify_checksum
+from ..sampling import RELEASED_SAMPLING_DEFAULTS
 
 
 logger = logging.getLogger(__name__)
@@ -122,7 +123,8 @@ def _link_or_copy(source: str, destination: str) -> None:
 
 
 def _write_pipeline_parts(base: Path, directory: Path) -> None:
-    """Take vae, text encoder and tokenizer from the Wan2.2 base, write our default scheduler and model_index.json."""
+    """Take vae, text encoder and tokenizer from the Wan2.2 base, write our default scheduler and model_index.json
+    (with the released model's sampling defaults)."""
     from diffusers import __version__ as diffusers_version
 
     from ..schedulers import default_scheduler
@@ -137,6 +139,7 @@ def _write_pipeline_parts(base: Path, directory: Path) -> None:
     index["scheduler"] = ["diffusers", type(scheduler).__name__]
     # what diffusers' save_pretrained records for a model outside diffusers and transformers
     index["transformer"] = [UnityVideoTransformer3DModel.__module__, UnityVideoTransformer3DModel.__name__]
+    index["sampling_defaults"] = RELEASED_SAMPLING_DEFAULTS  # the released model's size, length, steps, guidance
     (directory / "model_index.json").write_text(json.dumps(dict(sorted(index.items())), indent=2) + "\n")
 
 

@@ -8,6 +8,7 @@ streams' shared timestep, as the model was trained.
 from __future__ import annotations
 
 import copy
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -17,18 +18,24 @@ from diffusers import AutoencoderKLWan, DiffusionPipeline
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.loaders import WanLoraLoaderMixin
 from diffusers.pipelines.wan.pipeline_wan import WanPipeline
+from diffusers.utils import logging
 from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
 from transformers import PreTrainedTokenizerBase, UMT5EncoderModel
 
 from ..modalities import modality_prompt
 from ..models import UnityVideoTransformer3DModel
-from ..tasks import Task
+from ..sampling import resolve_sampling_defaults, trained_size
+from ..schedulers import scheduler_by_name
+from ..tasks import Task, resolve_task
 from ..video_io import VideoInput, as_video_list, load_frames, prepare_video
-from .pipeline_output import UnityVideoPipelineOutput
 
 
 WAN_TEXT_LENGTH = 512  # UMT5 tokens per text in Wan and in the released UnityVideo
+OUTPUT_TYPES = ("np", "pil", "pt", "latent")
+DEFAULT_WINDOW_OVERLAP = 8  # video frames a window shares with the previous one (2 latent frames)
+
+logger = logging.get_logger(__name__)
 
 
 @dataclass
@@ -43,9 +50,14 @@ class Hold:
         return self.keep * latents + (1 - self.keep) * self.target
 
 
-def call_arguments(namespace: dict, renamed: tuple[str, ...] = ()) -> dict:
-    """A pipeline `__call__`'s arguments (its `locals()`), for the shared `_run`, less the ones it renames."""
-    return {k: v for k, v in namespace.items() if k not in ("self", "__class__", *renamed)}
+def own_aligned_memory(module: torch.nn.Module) -> None:
+    """Weights read from safetensors files on the CPU are views of the mapped file, at offsets that CPU kernels may
+    take as misaligned and then sum in another order (fp32 outputs 1e-6 off). Copy them into freshly allocated
+    memory, so that a saved and reloaded pipeline computes bit for bit what the original did. One tensor at a time:
+    the copy costs no more memory than the largest weight."""
+    for tensor in itertools.chain(module.parameters(), module.buffers()):
+        if tensor.device.type == "cpu" and tensor.data_ptr() % 64:
+            tensor.data = tensor.data.clone()
 
 
 def window_plan(num_frames: int, window: int, overlap: int) -> list[tuple[int, int]]:
@@ -67,12 +79,10 @@ class UnityVideoBasePipeline(DiffusionPipeline, WanLoraLoaderMixin):
     """
 
     model_cpu_offload_seq = "text_encoder->transformer->vae"
-    default_window_frames = 33  # the length the released model was trained on
     _callback_tensor_inputs = ["latents", "modality_latents", "prompt_embeds", "negative_prompt_embeds"]
     _optional_components = ["tokenizer", "text_encoder"]
 
     # UMT5 prompt encoding exactly as diffusers' Wan pipelines do it (padding embeddings zeroed, no mask)
-    encode_prompt = WanPipeline.encode_prompt
     _get_t5_prompt_embeds = WanPipeline._get_t5_prompt_embeds
 
     @classmethod
@@ -87,11 +97,16 @@ class UnityVideoBasePipeline(DiffusionPipeline, WanLoraLoaderMixin):
         transformer: UnityVideoTransformer3DModel,
         vae: AutoencoderKLWan,
         scheduler,
+        sampling_defaults: dict | None = None,
     ):
         super().__init__()
         self.register_modules(
             tokenizer=tokenizer, text_encoder=text_encoder, transformer=transformer, vae=vae, scheduler=scheduler
         )
+        resolve_sampling_defaults(sampling_defaults)  # a folder with wrong defaults is refused when it loads
+        self.register_to_config(sampling_defaults=sampling_defaults)
+        # a job's own scheduler in the defaults applies while the scheduler is this one, not one the user chose
+        self._folder_scheduler = scheduler
         self.vae_scale_factor_temporal = vae.config.scale_factor_temporal if vae is not None else 4
         self.vae_scale_factor_spatial = vae.config.scale_factor_spatial if vae is not None else 16
         self.video_processor = VideoProcessor(vae_scale_factor=self.vae_scale_factor_spatial)
@@ -101,8 +116,9 @@ class UnityVideoBasePipeline(DiffusionPipeline, WanLoraLoaderMixin):
     def from_pipe(cls, pipeline, **components):
         """
         Another UnityVideo job on the same components: no copies, dtypes and devices as they are (diffusers'
-        `from_pipe` casts everything to float32 unless given a dtype, fp32-kept modules included), and the modality
-        prompt cache shared. Components can be replaced, e.g. `text_encoder=None, tokenizer=None`.
+        `from_pipe` casts everything to float32 unless given a dtype, fp32-kept modules included), the same sampling
+        defaults, and the modality prompt cache shared. Components can be replaced, e.g. `text_encoder=None,
+        tokenizer=None`.
         """
         if not isinstance(pipeline, UnityVideoBasePipeline):
             return super().from_pipe(pipeline, **components)
@@ -110,8 +126,12 @@ class UnityVideoBasePipeline(DiffusionPipeline, WanLoraLoaderMixin):
         unknown = sorted(set(components) - set(names))
         if unknown:
             raise TypeError(f"from_pipe takes components ({', '.join(names)}), not {unknown}.")
-        new = cls(**{name: components.get(name, getattr(pipeline, name)) for name in names})
+        new = cls(
+            **{name: components.get(name, getattr(pipeline, name)) for name in names},
+            sampling_defaults=pipeline.config.sampling_defaults,
+        )
         new._modality_prompt_cache = pipeline._modality_prompt_cache
+        new._folder_scheduler = pipeline._folder_scheduler
         new.set_progress_bar_config(**getattr(pipeline, "_progress_bar_config", {}))
         return new
 
@@ -135,6 +155,71 @@ class UnityVideoBasePipeline(DiffusionPipeline, WanLoraLoaderMixin):
             return push_folder(
                 folder, repo_id, private=private, token=token, commit_message=commit_message, create_pr=create_pr
             )
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        if "scheduler" in kwargs:  # the user's choice, not the folder's
+            pipe._folder_scheduler = None
+        for component in pipe.components.values():
+            if isinstance(component, torch.nn.Module):
+                own_aligned_memory(component)
+        return pipe
+
+    # ------------------------------------------------------------------ sampling defaults (the model folder's)
+
+    def job_defaults(self, job: str) -> dict:
+        """The settings a call of `job` uses for those it is not given: height, width, num_frames,
+        num_inference_steps, guidance_scale and scheduler, as the model folder records them (`sampling_defaults` in
+        its model_index.json), else the released model's."""
+        return resolve_sampling_defaults(self.config.sampling_defaults)[resolve_task(job).name]
+
+    def settings_or_defaults(
+        self,
+        job: str,
+        height: int | None,
+        width: int | None,
+        num_inference_steps: int | None,
+        guidance_scale: float | None,
+        window_frames: int | None,
+        window_overlap_frames: int | None,
+    ) -> tuple[int, int, int, float, int, int]:
+        """Each setting left at None takes the folder's default for `job`; windows default to the trained length,
+        overlapping by 8 frames (less in shorter windows).
+        A size far from the trained one (more than 2x off on a side) gets a warning that names it: a model draws
+        tiled patterns far outside the sizes it saw."""
+        defaults = self.job_defaults(job)
+        trained_frames, trained_height, trained_width = trained_size(
+            resolve_sampling_defaults(self.config.sampling_defaults)
+        )
+        height = defaults["height"] if height is None else height
+        width = defaults["width"] if width is None else width
+        if isinstance(height, int) and isinstance(width, int) and height > 0 and width > 0:
+            ratios = (height / trained_height, width / trained_width)
+            if max(ratios) > 2 or min(ratios) < 0.5:
+                logger.warning(
+                    f"{height} x {width} is far from the {trained_height} x {trained_width} this model was trained at; "
+                    f"expect poor videos (leave height and width unset for the model's size)."
+                )
+        window_frames = trained_frames if window_frames is None else window_frames
+        if window_overlap_frames is None and isinstance(window_frames, int):
+            window_overlap_frames = max(0, min(DEFAULT_WINDOW_OVERLAP, window_frames - 1))
+        return (
+            height,
+            width,
+            defaults["num_inference_steps"] if num_inference_steps is None else num_inference_steps,
+            defaults["guidance_scale"] if guidance_scale is None else guidance_scale,
+            window_frames,
+            window_overlap_frames,
+        )
+
+    def job_scheduler(self, job: str):
+        """The scheduler a call of `job` steps with: `self.scheduler`, unless the folder's defaults name another one
+        for this job and `self.scheduler` is still the folder's own (a scheduler you assign always wins)."""
+        name = self.job_defaults(job)["scheduler"]
+        if name == "default" or self.scheduler is not self._folder_scheduler:
+            return self.scheduler
+        return scheduler_by_name(name, self.scheduler)
 
     # ------------------------------------------------------------------ properties used by the loop and callbacks
 
@@ -174,7 +259,11 @@ class UnityVideoBasePipeline(DiffusionPipeline, WanLoraLoaderMixin):
         width,
         num_frames,
         num_inference_steps,
+        guidance_scale,
         num_videos_per_prompt,
+        output_type,
+        window_frames,
+        window_overlap_frames,
         callback_on_step_end_tensor_inputs,
     ) -> None:
         """Everything that can be checked before any heavy work."""
@@ -187,14 +276,30 @@ class UnityVideoBasePipeline(DiffusionPipeline, WanLoraLoaderMixin):
                     f"patch {multiple // self.vae_scale_factor_spatial}), got {value!r}."
                 )
         temporal = self.vae_scale_factor_temporal * p_t
-        if not isinstance(num_frames, int) or num_frames < 1 or (num_frames - 1) % temporal:
+        for name, value in (("num_frames", num_frames), ("window_frames", window_frames)):
+            if not isinstance(value, int) or value < 1 or (value - 1) % temporal:
+                raise ValueError(
+                    f"`{name}` must be {temporal}k+1 (1, {temporal + 1}, {2 * temporal + 1}, ...), got {value!r}."
+                )
+        if (
+            not isinstance(window_overlap_frames, int)
+            or window_overlap_frames % temporal
+            or not 0 <= window_overlap_frames <= window_frames - 1
+        ):
             raise ValueError(
-                f"`num_frames` must be {temporal}k+1 (1, {temporal + 1}, {2 * temporal + 1}, ...), got {num_frames!r}."
+                f"`window_overlap_frames` must be a multiple of {temporal}, at most `window_frames` - 1 "
+                f"({window_frames - 1}), got {window_overlap_frames!r}."
             )
         if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise ValueError(f"`num_inference_steps` must be a positive integer, got {num_inference_steps!r}.")
+        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)):
+            raise ValueError(f"`guidance_scale` must be a number (1 = no guidance), got {guidance_scale!r}.")
         if not isinstance(num_videos_per_prompt, int) or num_videos_per_prompt < 1:
             raise ValueError(f"`num_videos_per_prompt` must be a positive integer, got {num_videos_per_prompt!r}.")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(
+                f"`output_type` must be one of {', '.join(map(repr, OUTPUT_TYPES))}, got {output_type!r}."
+            )
         unknown = [k for k in callback_on_step_end_tensor_inputs or [] if k not in self._callback_tensor_inputs]
         if unknown:
             raise ValueError(f"`callback_on_step_end_tensor_inputs` {unknown} not in {self._callback_tensor_inputs}.")
@@ -217,13 +322,27 @@ class UnityVideoBasePipeline(DiffusionPipeline, WanLoraLoaderMixin):
         needs_encoder = (
             prompt is not None
             or (negative_prompt is not None)
-            or (self.do_classifier_free_guidance and negative_prompt_embeds is None)
+            or (guidance_scale > 1 and negative_prompt_embeds is None)
         )
         if needs_encoder and (self.text_encoder is None or self.tokenizer is None):
             raise ValueError(
                 "This pipeline has no text encoder: pass `prompt_embeds` (and `negative_prompt_embeds` with "
                 "guidance_scale > 1) instead of text."
             )
+
+    def _begin_call(self, guidance_scale: float, attention_kwargs: dict | None) -> None:
+        """The state the loop and callbacks read through the properties above."""
+        self._guidance_scale = guidance_scale
+        self._attention_kwargs = attention_kwargs
+        self._current_timestep = None
+        self._interrupt = False
+
+    @staticmethod
+    def callback_tensor_names(callback_on_step_end, callback_on_step_end_tensor_inputs) -> list[str]:
+        """diffusers' callback objects name the tensors they need themselves."""
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            return callback_on_step_end.tensor_inputs
+        return callback_on_step_end_tensor_inputs
 
     @staticmethod
     def _batch_size(prompt, prompt_embeds) -> int:
@@ -254,6 +373,59 @@ class UnityVideoBasePipeline(DiffusionPipeline, WanLoraLoaderMixin):
         ):
             raise ValueError(f"`max_sequence_length` must be a positive integer or None, got {max_sequence_length!r}.")
         return max_sequence_length
+
+    def encode_prompt(
+        self,
+        prompt: str | list[str] | None,
+        negative_prompt: str | list[str] | None = None,
+        do_classifier_free_guidance: bool = True,
+        num_videos_per_prompt: int = 1,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        max_sequence_length: int | None = None,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        modality: str | list[str] | None = None,
+    ):
+        r"""
+        Encode texts as the pipelines do, so that a pipeline without a text encoder can run on the results.
+
+        Args:
+            prompt, negative_prompt, do_classifier_free_guidance, num_videos_per_prompt, prompt_embeds,
+            negative_prompt_embeds, device, dtype: as in diffusers' `WanPipeline.encode_prompt`.
+            max_sequence_length (`int`, *optional*):
+                Tokens each text is padded to; default the pipelines' own (the tokenizer's length, at most 512).
+            modality (`str` or `list[str]`, *optional*):
+                Also encode this modality's fixed prompt (a name, or one per prompt).
+
+        Returns:
+            `(prompt_embeds, negative_prompt_embeds)`, and with `modality` also `modality_prompt_embeds` third, each
+            with `num_videos_per_prompt` rows per prompt: pass them (encoded with the default 1) as the pipeline
+            arguments of the same names.
+        """
+        device = device or self._execution_device
+        max_sequence_length = self.text_length(max_sequence_length)
+        prompt_embeds, negative_prompt_embeds = WanPipeline.encode_prompt(
+            self,
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            do_classifier_free_guidance=do_classifier_free_guidance,
+            num_videos_per_prompt=num_videos_per_prompt,
+            prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds,
+            max_sequence_length=max_sequence_length,
+            device=device,
+            dtype=dtype,
+        )
+        if modality is None:
+            return prompt_embeds, negative_prompt_embeds
+        names = self._modality_names(modality, self._batch_size(prompt, prompt_embeds))
+        modality_prompt_embeds = self.encode_modality_prompt(names, max_sequence_length, device, prompt_embeds.dtype)
+        return (
+            prompt_embeds,
+            negative_prompt_embeds,
+            modality_prompt_embeds.repeat_interleave(num_videos_per_prompt, 0),
+        )
 
     def encode_modality_prompt(
         self, modalities: list[str], max_sequence_length: int, device: torch.device, dtype: torch.dtype
@@ -358,12 +530,19 @@ class UnityVideoBasePipeline(DiffusionPipeline, WanLoraLoaderMixin):
         return self.video_processor.postprocess_video(video, output_type=output_type)
 
     def prepare_condition_videos(
-        self, videos: VideoInput | list[VideoInput], batch_size: int, num_frames: int | None, height: int, width: int
+        self,
+        videos: VideoInput | list[VideoInput],
+        batch_size: int,
+        num_frames: int | None,
+        height: int,
+        width: int,
+        still_frames: int = 1,
     ) -> tuple[torch.Tensor, int]:
         """
         Conditioning video(s) -> a (batch_size, 3, F, H, W) tensor in [-1, 1] and the frame count used. One video is
         used for every prompt; several must match the prompts one to one. `num_frames=None` takes as many frames as
-        the shortest video allows (4k+1).
+        the shortest video allows (4k+1). A still (an image, or a video of one frame) is held for `num_frames`
+        frames, or `still_frames` when that is None.
         """
         video_list = as_video_list(videos)
         if len(video_list) not in (1, batch_size):
@@ -371,7 +550,9 @@ class UnityVideoBasePipeline(DiffusionPipeline, WanLoraLoaderMixin):
         frames = [load_frames(video) for video in video_list]
         temporal = self.vae_scale_factor_temporal
         if num_frames is None:
-            num_frames = (min(len(f) for f in frames) - 1) // temporal * temporal + 1
+            lengths = [len(f) for f in frames if len(f) > 1]
+            num_frames = (min(lengths) - 1) // temporal * temporal + 1 if lengths else still_frames
+        frames = [f * num_frames if len(f) == 1 else f for f in frames]
         short = [len(f) for f in frames if len(f) < num_frames]
         if short:
             raise ValueError(f"A conditioning video has {short[0]} frames; {num_frames} were requested.")
@@ -380,6 +561,22 @@ class UnityVideoBasePipeline(DiffusionPipeline, WanLoraLoaderMixin):
         if tensor.shape[0] == 1 and batch_size > 1:
             tensor = tensor.expand(batch_size, -1, -1, -1, -1)
         return tensor, num_frames
+
+    def prepare_first_frames(self, image, batch_size: int, height: int, width: int) -> torch.Tensor:
+        """A first frame to keep (one image for every prompt, or a list of one per prompt) -> (B, 3, 1, H, W)."""
+        images = image if isinstance(image, list) else [image]
+        return self.prepare_condition_videos([[frame] for frame in images], batch_size, 1, height, width)[0]
+
+    @staticmethod
+    def prompts_for_videos(prompt, prompt_embeds, videos: VideoInput | list[VideoInput], empty_caption: bool):
+        """One prompt for each of several conditioning videos: a single prompt is repeated for each; with no prompt
+        at all and `empty_caption`, each video gets an empty caption."""
+        count = len(as_video_list(videos))
+        if prompt is None and prompt_embeds is None and empty_caption:
+            return [""] * count
+        if isinstance(prompt, str) and count > 1:
+            return [prompt] * count
+        return prompt
 
     # ------------------------------------------------------------------ the denoising loop
 
@@ -448,21 +645,23 @@ class UnityVideoBasePipeline(DiffusionPipeline, WanLoraLoaderMixin):
         negative_prompt_embeds: torch.Tensor | None,
         modality_prompt_embeds: torch.Tensor | None,
         modality: list[str] | None,
+        scheduler,
         holds: dict[str, Hold] | None = None,
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: list[str] = (),
         attention_kwargs: dict[str, Any] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """
-        The one loop of all jobs. `task` says which streams are noisy; clean streams are fed as they are. `holds`
+        The one loop of all jobs. `task` says which streams are noisy; clean streams are fed as they are. Each noisy
+        stream is stepped by its own copy of `scheduler`, whose timesteps are set. `holds`
         ("rgb" / "modality") pins latent frames of a noisy stream to given values after every step (a first frame,
         or the overlap with the previous window).
         """
         holds = holds or {}
         two_streams = modality_latents is not None
         noisy = {"rgb": task.rgb_noisy, "modality": task.modality_noisy and two_streams}
-        self.scheduler.set_begin_index(0)
-        schedulers = {stream: copy.deepcopy(self.scheduler) for stream, is_noisy in noisy.items() if is_noisy}
+        scheduler.set_begin_index(0)
+        schedulers = {stream: copy.deepcopy(scheduler) for stream, is_noisy in noisy.items() if is_noisy}
         self._num_timesteps = len(timesteps)
         latents = holds["rgb"].apply(latents) if "rgb" in holds else latents
         modality_latents = holds["modality"].apply(modality_latents) if "modality" in holds else modality_latents
@@ -565,166 +764,3 @@ class UnityVideoBasePipeline(DiffusionPipeline, WanLoraLoaderMixin):
                     targets[name][:, :, start:end] = result
             generated_until = end
         return streams["rgb"], streams["modality"]
-
-    # ------------------------------------------------------------------ the call, shared by the three jobs
-
-    def _run(
-        self,
-        task: Task,
-        *,
-        prompt,
-        negative_prompt,
-        modality,
-        condition_video,
-        image,
-        height: int,
-        width: int,
-        num_frames: int | None,
-        num_inference_steps: int,
-        guidance_scale: float,
-        num_videos_per_prompt: int,
-        generator,
-        latents,
-        modality_latents,
-        prompt_embeds,
-        negative_prompt_embeds,
-        modality_prompt_embeds,
-        output_type: str,
-        return_dict: bool,
-        attention_kwargs,
-        callback_on_step_end,
-        callback_on_step_end_tensor_inputs,
-        max_sequence_length: int | None,
-        window_frames: int | None,
-        window_overlap_frames: int,
-    ):
-        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
-            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
-        if output_type not in ("np", "pil", "pt", "latent"):
-            raise ValueError(f"`output_type` must be 'np', 'pil', 'pt' or 'latent', got {output_type!r}.")
-        window_frames = window_frames or self.default_window_frames
-        temporal = self.vae_scale_factor_temporal
-        if not isinstance(window_frames, int) or (window_frames - 1) % temporal or window_frames < 1:
-            raise ValueError(f"`window_frames` must be {temporal}k+1, got {window_frames!r}.")
-        if (
-            not isinstance(window_overlap_frames, int)
-            or window_overlap_frames % temporal
-            or not 0 <= window_overlap_frames <= window_frames - 1
-        ):
-            raise ValueError(
-                f"`window_overlap_frames` must be a multiple of {temporal}, at most `window_frames` - 1 "
-                f"({window_frames - 1}), got {window_overlap_frames!r}."
-            )
-        self._guidance_scale = guidance_scale
-        self._attention_kwargs = attention_kwargs
-        self._current_timestep = None
-        self._interrupt = False
-        device = self._execution_device
-
-        # 1. Checks (before any heavy work), batch and conditioning video
-        self.check_inputs(
-            prompt,
-            negative_prompt,
-            prompt_embeds,
-            negative_prompt_embeds,
-            height,
-            width,
-            num_frames if num_frames is not None else 1,
-            num_inference_steps,
-            num_videos_per_prompt,
-            callback_on_step_end_tensor_inputs,
-        )
-        batch_size = self._batch_size(prompt, prompt_embeds)
-        modalities = self._modality_names(modality, batch_size) if modality is not None else None
-        if task.name != "joint" and modalities is None:
-            raise ValueError(
-                f"The {task.name} job needs `modality` (one of {', '.join(self.transformer.config.modalities)})."
-            )
-        condition = None
-        if condition_video is not None:
-            condition, num_frames = self.prepare_condition_videos(
-                condition_video, batch_size, num_frames, height, width
-            )
-            self.check_inputs(
-                prompt,
-                negative_prompt,
-                prompt_embeds,
-                negative_prompt_embeds,
-                height,
-                width,
-                num_frames,
-                num_inference_steps,
-                num_videos_per_prompt,
-                callback_on_step_end_tensor_inputs,
-            )
-        image_frame = None
-        if image is not None:
-            images = image if isinstance(image, list) else [image]
-            image_frame = self.prepare_condition_videos([[frame] for frame in images], batch_size, 1, height, width)[0]
-
-        # 2. Texts
-        prompt_embeds, negative_prompt_embeds, modality_prompt_embeds = self._encode_texts(
-            prompt,
-            negative_prompt,
-            prompt_embeds,
-            negative_prompt_embeds,
-            modality_prompt_embeds,
-            modalities,
-            num_videos_per_prompt,
-            self.text_length(max_sequence_length),
-            device,
-        )
-        videos = batch_size * num_videos_per_prompt
-        modalities = None if modalities is None else [m for m in modalities for _ in range(num_videos_per_prompt)]
-
-        # 3. Timesteps
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
-        timesteps = self.scheduler.timesteps
-
-        # 4. Latents: noise for the noisy streams, encoded videos for the clean ones
-        shape = self.latent_shape(videos, num_frames, height, width)
-        if condition is not None:
-            condition_latents = self.encode_video(condition, device).repeat_interleave(num_videos_per_prompt, dim=0)
-        if task.rgb_noisy:
-            latents = self.prepare_latents(shape, device, generator, latents)
-        else:
-            latents = condition_latents
-        if task.modality_noisy:
-            modality_latents = (
-                None
-                if modalities is None
-                else self.prepare_latents(shape, device, generator, modality_latents, "modality_latents")
-            )
-        else:
-            modality_latents = condition_latents
-        image_latents = None
-        if image_frame is not None:
-            image_latents = self.encode_video(image_frame, device).repeat_interleave(num_videos_per_prompt, dim=0)
-
-        # 5. Denoise, in windows when the video is longer than one
-        latents, modality_latents = self._denoise_in_windows(
-            latents,
-            modality_latents,
-            task,
-            image_latents,
-            window_frames,
-            window_overlap_frames,
-            timesteps=timesteps,
-            prompt_embeds=prompt_embeds,
-            negative_prompt_embeds=negative_prompt_embeds,
-            modality_prompt_embeds=modality_prompt_embeds,
-            modality=modalities,
-            callback_on_step_end=callback_on_step_end,
-            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
-            attention_kwargs=attention_kwargs,
-        )
-
-        # 6. Decode what the job produces
-        frames = self.decode_latents(latents, output_type) if task.rgb_noisy else None
-        modality_frames = None
-        if task.modality_noisy and modality_latents is not None:
-            modality_frames = self.decode_latents(modality_latents, output_type)
-        self.maybe_free_model_hooks()
-        if not return_dict:
-            return (frames, modality_frames)
-        return UnityVideoPipelineOutput(frames=frames, modality_frames=modality_frames)

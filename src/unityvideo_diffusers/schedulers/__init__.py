@@ -1,5 +1,6 @@
 from diffusers import UniPCMultistepScheduler
 
+from .by_name import SCHEDULER_NAMES, flow_shift_of, scheduler_by_name
 from .scheduling_linear_flow_match_euler import LinearFlowMatchEulerScheduler
 
 
@@ -14,4 +15,10 @@ def default_scheduler() -> UniPCMultistepScheduler:
     return UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=5.0)
 
 
-__all__ = ["LinearFlowMatchEulerScheduler", "default_scheduler"]
+__all__ = [
+    "SCHEDULER_NAMES",
+    "LinearFlowMatchEulerScheduler",
+    "default_scheduler",
+    "flow_shift_of",
+    "scheduler_by_name",
+]

@@ -18,7 +18,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class TrainConfig:
-    # what to train and on what (the founding description's keys)
+    # what to train and on what (the keys of the UnityVideo article's config files)
     model_path: str = ""  # a UnityVideo pipeline folder (transformer, vae, text_encoder, tokenizer) or Hub id
     dataset_path: str = ""  # the authors' metadata CSV: video, prompt, one column per modality
     save_path: str = "outputs/train"
@@ -29,7 +29,7 @@ class TrainConfig:
     max_steps: int | None = None  # optimizer steps; overrides max_epochs when set
     max_minutes: float | None = None  # stop the loop after this long (then save and export as at the last step)
 
-    # the authors' recipe (section 8 of the reference file)
+    # the authors' recipe (the defaults of their training script)
     task_weights: dict[str, float] = field(default_factory=lambda: {"joint": 0.5, "perception": 0.25, "control": 0.25})
     modalities: list[str] | None = None  # None: every modality column of the CSV that the model knows
     modality_weights: dict[str, float] | None = None  # None: uniform

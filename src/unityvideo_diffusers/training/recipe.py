@@ -1,6 +1,6 @@
 """The training recipe's math, stated once.
 
-Flow matching (reference file, section 6): x_t = (1 - t) x_0 + t * noise, target velocity u = noise - x_0, the model
+Flow matching, as the released model was trained: x_t = (1 - t) x_0 + t * noise, target velocity u = noise - x_0, the model
 sees t * 1000. A task noises some streams and leaves the others clean (a clean stream is x_0 itself); both streams
 are driven by the noisy stream's t ("shareT"), and only noisy streams are supervised.
 """

@@ -1,6 +1,6 @@
 """Measured quality on held-out ShapesWorld scenes, for any UnityVideo pipeline folder trained on the world.
 
-    python -m unityvideo_diffusers.data.evaluate --model models/shapesworld-demo --data DIR/eval --output quality.json
+    unityvideo eval --model models/shapesworld-demo --data DIR/eval --output quality.json
 
 - perception: depth AbsRel and delta < 1.25 after per-video scale-and-shift alignment (on disparity), optical-flow
   end-point error (after per-frame scale alignment, in pixels; over all pixels and over the moving ones), segmentation
@@ -10,7 +10,7 @@
   depth puts there (the nearer one where objects overlap);
 - text -> video (one-object prompts): colour, shape and motion direction recovered from the generated frames, as
   class-balanced accuracy (the mean over the prompts' values of the share read right, each value's share reported
-  too, e.g. `text2video/shape_accuracy/cube`): the held-out colour x shape pairs are half cubes, so plain accuracy
+  too, e.g. `joint/shape_accuracy/cube`): the held-out colour x shape pairs are half cubes, so plain accuracy
   would give a model that draws every object as a cube 0.5. Shapes are read by a reader calibrated on how the
   evaluated model's VAE draws each shape (`calibrate_shape_reader`, fresh scenes of the training split), the same
   reader for every column; `--shape-reader exact` reads them as drawn exactly;
@@ -27,7 +27,6 @@ independent RGB and segmentation).
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from dataclasses import dataclass, replace
@@ -35,10 +34,25 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from diffusers import AutoencoderKLWan
 
 from ..modalities import decode_depth, decode_flow, decode_segmentation
+from ..pipelines import UnityVideoControlPipeline, UnityVideoPerceptionPipeline, UnityVideoPipeline
+from ..sampling import resolve_sampling_defaults
+from ..tasks import TASK_NAMES
 from ..video_io import load_frames
-from .shapesworld import BACKGROUNDS, COLOURS, MOTIONS, SHAPES, WorldConfig, read_world, render, sample_scene
+from .world import (
+    BACKGROUNDS,
+    COLOURS,
+    MOTIONS,
+    SHAPES,
+    Scene,
+    SceneObject,
+    WorldConfig,
+    read_world,
+    render,
+    sample_scene,
+)
 
 
 # ---------------------------------------------------------------- metrics on arrays
@@ -234,7 +248,7 @@ class Scores(dict):
     """Per-clip values of each metric, averaged at the end. Values added with a `group` (the class a clip's answer
     should be) average per group first, then over the groups: class-balanced, so a set with more clips of one class
     does not favour an answer that always names it. Each group's own mean is kept too, as `name/group` (the share of
-    the prompts naming a cube read as a cube: "text2video/shape_accuracy/cube")."""
+    the prompts naming a cube read as a cube: "joint/shape_accuracy/cube")."""
 
     def add(self, name: str, value: float, group: str | None = None) -> None:
         self.setdefault(name, {}).setdefault(group, []).append(value)
@@ -253,7 +267,7 @@ class Scores(dict):
         return means
 
 
-JOBS = ("perception", "control", "text2video")
+JOBS = TASK_NAMES
 PERCEIVED = ("depth", "raft", "segmentation", "normal")
 CONTROLS = ("segmentation", "depth")
 
@@ -282,16 +296,14 @@ def score_control(scores: Scores, scene: dict, truth, controlled: dict[str, np.n
         scores.add("control/depth_layering_accuracy", layering_accuracy(controlled["depth"], truth["labels"], colours))
 
 
-def score_text2video(
+def score_joint(
     scores: Scores, scene: dict, frames: np.ndarray, segmentation: np.ndarray, shape_reader: ShapeReader
 ) -> None:
     """A one-object clip's prompt against the RGB video made from it, and that video against its segmentation."""
     read = read_object(frames, scene["background"], shape_reader)
     target = scene["objects"][0]
     for attribute in ("colour", "shape", "motion"):
-        scores.add(
-            f"text2video/{attribute}_accuracy", float(read[attribute] == target[attribute]), group=target[attribute]
-        )
+        scores.add(f"joint/{attribute}_accuracy", float(read[attribute] == target[attribute]), group=target[attribute])
     scores.add(
         "joint/rgb_segmentation_kappa",
         mask_agreement(object_mask(frames, scene["background"]), decode_segmentation(segmentation) > 0),
@@ -314,7 +326,8 @@ def score_word_reading(scores: Scores, pipe, scene: dict, clip: Path, generator:
     """The relative increase of the joint task's RGB velocity error when one word of the prompt is swapped (the
     module docstring); the same noise for every prompt."""
     frames = {name: load_frames(clip / name) for name in ("rgb", "segmentation")}
-    pixels = torch.cat([pipe.video_processor.preprocess_video(f, height=64, width=64) for f in frames.values()])
+    height, width = frames["rgb"][0].height, frames["rgb"][0].width
+    pixels = torch.cat([pipe.video_processor.preprocess_video(f, height=height, width=width) for f in frames.values()])
     rgb, segmentation = pipe.encode_video(pixels, pipe.device).split(1)
     length = pipe.text_length()
     modality_text = pipe.encode_modality_prompt(["segmentation"], length, pipe.device, torch.float32)
@@ -343,39 +356,40 @@ def score_word_reading(scores: Scores, pipe, scene: dict, clip: Path, generator:
             )[0]
             errors[name] += float((velocity - (noise - rgb)).square().mean())
     for attribute in WORDS:
-        scores.add(f"text2video/{attribute}_word_reading", errors[attribute] / errors["true"] - 1)
+        scores.add(f"joint/{attribute}_word_reading", errors[attribute] / errors["true"] - 1)
 
 
 @torch.no_grad()
 def evaluate(
     model: str | Path,
     data: str | Path,
-    steps: int = 20,
+    steps: int | None = None,
     scheduler: str = "default",
     limit: int | None = None,
     seed: int = 0,
     jobs: tuple[str, ...] = JOBS,
-    guidance_scale: float = 3.0,
+    guidance_scale: float | None = None,
     shape_reader: ShapeReader | None = None,
     device: str = "cpu",
 ) -> dict:
-    """Every metric of the module docstring for one model, sampler and step count (of `jobs` only; text2video
-    includes the joint RGB-modality agreement). `guidance_scale` applies to the text-conditioned jobs (control and
-    text2video); estimation runs without guidance. `shape_reader` reads the generated objects' shapes; None:
+    """Every metric of the module docstring for one model, sampler and step count (of `jobs` only; joint
+    includes the joint RGB-modality agreement). Clips are sampled at the world's size and length; `steps` and
+    `guidance_scale` left at None are the model folder's. `guidance_scale` applies to the text-conditioned jobs (control and
+    joint); estimation runs without guidance. `shape_reader` reads the generated objects' shapes; None:
     `calibrate_shape_reader` on this model's VAE and the world `data` was written with. Noise is drawn on the CPU,
     so another `device` samples from the same starting points."""
     if unknown := set(jobs) - set(JOBS):
         raise ValueError(f"Unknown jobs {sorted(unknown)}; choose from {JOBS}.")
-    from ..jobs import make_scheduler
-    from ..pipelines import UnityVideoControlPipeline, UnityVideoPerceptionPipeline, UnityVideoPipeline
+    from ..schedulers import scheduler_by_name
 
     pipe = UnityVideoPipeline.from_pretrained(model).to(device)
-    pipe.scheduler = make_scheduler(scheduler, pipe)
+    pipe.scheduler = scheduler_by_name(scheduler, pipe.scheduler)
     pipe.set_progress_bar_config(disable=True)
     perception = UnityVideoPerceptionPipeline.from_pipe(pipe)
     control = UnityVideoControlPipeline.from_pipe(pipe)
-    common = dict(height=64, width=64, num_inference_steps=steps)
-    if "text2video" in jobs and shape_reader is None:
+    world = read_world(data)
+    common = dict(height=world.height, width=world.width, num_inference_steps=steps)
+    if "joint" in jobs and shape_reader is None:
         shape_reader = calibrate_shape_reader(pipe.vae, read_world(data))
     scores = Scores()
 
@@ -414,16 +428,16 @@ def evaluate(
                     for modality in CONTROLS
                 },
             )
-        if "text2video" in jobs and len(scene["objects"]) == 1:
+        if "joint" in jobs and len(scene["objects"]) == 1:
             joint = pipe(
                 scene_prompt(scene),
                 modality="segmentation",
-                num_frames=17,
+                num_frames=world.frames,
                 generator=generator(),
                 guidance_scale=guidance_scale,
                 **common,
             )
-            score_text2video(scores, scene, _array(joint.frames[0]), _array(joint.modality_frames[0]), shape_reader)
+            score_joint(scores, scene, _array(joint.frames[0]), _array(joint.modality_frames[0]), shape_reader)
             score_word_reading(scores, pipe, scene, clip, torch.Generator().manual_seed(seed))
     return scores.means()
 
@@ -475,10 +489,8 @@ def vae_ceiling(
     of generated ones: what a perfect transformer would score through this VAE, i.e. which metrics the VAE, not the
     transformer, caps. (For control, the reconstructed RGB video stands for the one made from the control.)
     `shape_reader`: as for `evaluate`."""
-    from diffusers import AutoencoderKLWan
-
     vae = AutoencoderKLWan.from_pretrained(model, subfolder="vae").eval().to(device)
-    if "text2video" in jobs and shape_reader is None:
+    if "joint" in jobs and shape_reader is None:
         shape_reader = calibrate_shape_reader(vae, read_world(data))
     scores = Scores()
 
@@ -486,7 +498,7 @@ def vae_ceiling(
         truth = np.load(clip / "gt.npz")
         scene = json.loads((clip / "scene.json").read_text())
         rgb = reconstruct(vae, _array(load_frames(clip / "rgb")) / 255)
-        text = "text2video" in jobs and len(scene["objects"]) == 1
+        text = "joint" in jobs and len(scene["objects"]) == 1
         needed = PERCEIVED if "perception" in jobs else ("segmentation",) if text else ()
         modalities = {modality: reconstruct(vae, _array(load_frames(clip / modality)) / 255) for modality in needed}
         if "perception" in jobs:
@@ -494,7 +506,7 @@ def vae_ceiling(
         if "control" in jobs:
             score_control(scores, scene, truth, dict.fromkeys(CONTROLS, rgb))
         if text:
-            score_text2video(scores, scene, rgb, modalities["segmentation"], shape_reader)
+            score_joint(scores, scene, rgb, modalities["segmentation"], shape_reader)
     return scores.means()
 
 
@@ -505,8 +517,6 @@ def _distinct_colours(scene: dict) -> list[str]:
 
 
 def scene_prompt(scene: dict) -> str:
-    from .shapesworld import Scene, SceneObject
-
     return Scene(
         **{**scene, "objects": [SceneObject(**o) for o in scene["objects"]]}
     ).prompt()  # scene.json is asdict(Scene)
@@ -539,96 +549,62 @@ def trivial_baselines(data: str | Path, limit: int | None = None) -> dict:
                 used[attribute].add(scene["objects"][0][attribute])
     scores.add("joint/rgb_segmentation_kappa", 0.0)
     for attribute, values in WORDS.items():  # balanced, a constant answer scores 1 / the values used; it reads no word
-        scores.add(f"text2video/{attribute}_accuracy", 1 / len(used[attribute] or values))
-        scores.add(f"text2video/{attribute}_word_reading", 0.0)
+        scores.add(f"joint/{attribute}_accuracy", 1 / len(used[attribute] or values))
+        scores.add(f"joint/{attribute}_word_reading", 0.0)
     return scores.means()
 
 
 def of_jobs(scores: dict[str, float], jobs: tuple[str, ...]) -> dict[str, float]:
-    """The scores of `jobs` only; a metric's job is its name's prefix, and "joint/" belongs to text2video."""
-    return {name: value for name, value in scores.items() if name.split("/")[0].replace("joint", "text2video") in jobs}
+    """The scores of `jobs` only; a metric's job is its name's prefix."""
+    return {name: value for name, value in scores.items() if name.split("/")[0] in jobs}
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="the trained pipeline folder")
-    parser.add_argument("--baseline-model", help="e.g. the untrained starting folder, for comparison")
-    parser.add_argument("--data", required=True, help="a ShapesWorld eval split folder")
-    parser.add_argument("--steps", type=int, nargs="+", default=[20])
-    parser.add_argument("--schedulers", nargs="+", default=["default"])
-    parser.add_argument("--limit", type=int, help="evaluate only the first N clips")
-    parser.add_argument("--guidance-scale", type=float, default=3.0, help="for control and text -> video")
-    parser.add_argument(
-        "--vae-ceiling",
-        action="store_true",
-        help="also score the model's VAE reconstructions of the true clips: what its VAE lets any transformer reach",
-    )
-    parser.add_argument(
-        "--jobs",
-        nargs="+",
-        choices=JOBS,
-        default=list(JOBS),
-        help="score only these (text2video includes the joint RGB-modality agreement)",
-    )
-    parser.add_argument(
-        "--shape-reader",
-        choices=("calibrated", "exact"),
-        default="calibrated",
-        help="read shapes as --model's VAE draws them (fitted on fresh scenes of the world), or as drawn exactly",
-    )
-    parser.add_argument(
-        "--device", default="cpu", help="cpu (default), cuda, ...; the scores do not depend on it beyond rounding"
-    )
-    parser.add_argument("--output", default="quality.json")
-    args = parser.parse_args(argv)
-    jobs = tuple(args.jobs)
+def evaluate_all(
+    model: str | Path,
+    data: str | Path,
+    steps: tuple[int, ...] | None = None,
+    schedulers: tuple[str, ...] = ("default",),
+    limit: int | None = None,
+    jobs: tuple[str, ...] = JOBS,
+    guidance_scale: float | None = None,
+    baseline_model: str | Path | None = None,
+    with_vae_ceiling: bool = False,
+    shape_reader: str = "calibrated",
+    device: str = "cpu",
+) -> dict[str, dict[str, float]]:
+    """The columns `unityvideo eval` prints: the trivial baselines, the model at every scheduler x step count, and
+    optionally an untrained `baseline_model` and the VAE's ceiling. `steps` and `guidance_scale` left at None are the
+    model folder's. One shape reader serves every column: calibrated
+    on `model`'s VAE (`shape_reader="calibrated"`), or the exact shapes (`"exact"`)."""
+    if shape_reader not in ("calibrated", "exact"):
+        raise ValueError(f"shape_reader must be 'calibrated' or 'exact', got {shape_reader!r}.")
+    jobs = tuple(jobs)
+    if steps is None:
+        steps = (
+            resolve_sampling_defaults(UnityVideoPipeline.load_config(model).get("sampling_defaults"))["joint"][
+                "num_inference_steps"
+            ],
+        )
     reader = EXACT_SHAPES
-    if "text2video" in jobs and args.shape_reader == "calibrated":  # one reader for every column
-        from diffusers import AutoencoderKLWan
+    if "joint" in jobs and shape_reader == "calibrated":
+        vae = AutoencoderKLWan.from_pretrained(model, subfolder="vae").eval().to(device)
+        reader = calibrate_shape_reader(vae, read_world(data))
+    results = {"trivial": of_jobs(trivial_baselines(data, limit), jobs)}
+    common = dict(limit=limit, jobs=jobs, guidance_scale=guidance_scale, shape_reader=reader, device=device)
+    for scheduler in schedulers:
+        for count in steps:
+            results[f"model/{scheduler}/{count}"] = evaluate(model, data, count, scheduler, **common)
+    if baseline_model:
+        results["untrained"] = evaluate(baseline_model, data, steps[0], schedulers[0], **common)
+    if with_vae_ceiling:
+        results["vae_ceiling"] = vae_ceiling(model, data, limit, jobs, shape_reader=reader, device=device)
+    return results
 
-        vae = AutoencoderKLWan.from_pretrained(args.model, subfolder="vae").eval().to(args.device)
-        reader = calibrate_shape_reader(vae, read_world(args.data))
-        print(
-            "shape reader, centres (fill ratio, share above the middle):",
-            {shape: tuple(round(value, 3) for value in centre) for shape, centre in reader.centres.items()},
-        )
-    results = {"trivial": of_jobs(trivial_baselines(args.data, args.limit), jobs)}
-    for scheduler in args.schedulers:
-        for steps in args.steps:
-            results[f"model/{scheduler}/{steps}"] = evaluate(
-                args.model,
-                args.data,
-                steps,
-                scheduler,
-                args.limit,
-                jobs=jobs,
-                guidance_scale=args.guidance_scale,
-                shape_reader=reader,
-                device=args.device,
-            )
-    if args.baseline_model:
-        results["untrained"] = evaluate(
-            args.baseline_model,
-            args.data,
-            args.steps[0],
-            args.schedulers[0],
-            args.limit,
-            jobs=jobs,
-            guidance_scale=args.guidance_scale,
-            shape_reader=reader,
-            device=args.device,
-        )
-    if args.vae_ceiling:
-        results["vae_ceiling"] = vae_ceiling(
-            args.model, args.data, args.limit, jobs, shape_reader=reader, device=args.device
-        )
-    Path(args.output).write_text(json.dumps(results, indent=2))
+
+def format_table(results: dict[str, dict[str, float]]) -> str:
+    """One row per metric, one column per evaluated model or baseline."""
     names = sorted({name for scores in results.values() for name in scores})
-    print(f"{'metric':<32}" + "".join(f"{column:>22}" for column in results))
+    lines = [f"{'metric':<32}" + "".join(f"{column:>22}" for column in results)]
     for name in names:
-        print(f"{name:<32}" + "".join(f"{results[c].get(name, float('nan')):>22.3f}" for c in results))
-    print(f"wrote {args.output}")
-
-
-if __name__ == "__main__":
-    main()
+        lines.append(f"{name:<32}" + "".join(f"{results[c].get(name, float('nan')):>22.3f}" for c in results))
+    return "\n".join(lines)

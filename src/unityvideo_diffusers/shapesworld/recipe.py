@@ -1,6 +1,6 @@
 """The demo model: a small UnityVideo trained only on ShapesWorld, with this project's own code, by one command.
 
-    python -m unityvideo_diffusers.data.demo_model --output models/shapesworld-demo
+    python -m unityvideo_diffusers.shapesworld.recipe --output models/shapesworld-demo
 
 1. ShapesWorld data (17 frames at 64 x 64, objects of 0.3-0.45 of the height starting near the middle and moving
    0.4-0.6 of the frame; the held-out colour x shape pairs stay out of training).
@@ -15,7 +15,7 @@
    not reached after 500 (it was at 0.42, and spiking). 8x rather than Wan2.2's 16x: at 64 x 64, 16x leaves 2 x 2
    tokens per frame after the transformer's patch, too coarse for objects a few pixels wide; 8x keeps 4 x 4. (4x VAEs
    with finer tokens reconstruct shape and motion better, but a transformer step costs more and, in this budget, the
-   transformers behind them estimated far worse: docs/demo_model.md.) The pipelines take any such VAE from its config.
+   transformers behind them estimated far worse: docs/research/shapesworld_runs.md.) The pipelines take any such VAE from its config.
 4. A small UnityVideoTransformer3DModel for ShapesWorld's modalities, trained with the multi-task recipe
    (`unityvideo_diffusers.training`), its RGB loss weighted towards the objects and its blocks compiled, then a
    finishing phase from its EMA weights that gives half of its steps to estimating optical flow (FINISH), until the
@@ -40,7 +40,7 @@ import torch
 
 from ..modalities import modality_prompt
 from ..video_io import load_frames
-from .shapesworld import MODALITY_COLUMNS, WorldConfig, write_split
+from .world import DEMO_WORLD, MODALITY_COLUMNS, WorldConfig, write_split
 
 
 NEW_MODALITIES = {name: modality_prompt(name) for name in ("normal", "edge")}  # beyond the released five
@@ -68,24 +68,14 @@ VAE = dict(
     scale_factor_spatial=8,
     scale_factor_temporal=4,
 )
-# Starts near the middle and fast motion: the motion word then says where the object is in every frame, and a slide
-# crosses two of the transformer's 16-pixel tokens (at the default speeds about one, and a model trained there learned
-# to approach and recede but no slide, rise or fall: docs/demo_model.md).
-WORLD = dict(
-    height=64,
-    width=64,
-    frames=17,
-    min_size=0.3,
-    max_size=0.45,
-    large_from=0.375,
-    x_range=(0.4, 0.6),
-    y_range=(0.4, 0.6),
-    speed_range=(0.4, 0.6),
-)
 TEXT_TOKENS = 32  # the world's longest prompt has 19; padding to Wan's 512 made half of a step cross-attention to pads
 NEIGHBOUR_OFFSETS = (0, -1, 1, 2)  # the text encoder's heads, each fixed on the token at this offset
 STREAMS = ("rgb", *MODALITY_COLUMNS)
-SAMPLING = {"steps": 20, "guidance_scale": 3.0}  # the CLI's defaults for this model, chosen with `unityvideo eval`
+# The model folder's sampling defaults (its size and length; steps and guidance chosen with `unityvideo eval`).
+SAMPLING_DEFAULTS = {
+    job: dict(height=64, width=64, num_frames=17, num_inference_steps=20, guidance_scale=guidance)
+    for job, guidance in (("joint", 3.0), ("control", 3.0), ("perception", 1.0))
+}
 # The transformer's run ends with a finishing phase on the same data, from the main phase's EMA weights. Optical flow
 # is the one estimate that compares frames, and it is learned late: spread over a whole run, 2.5x its share of the
 # estimation steps moved it 1.5 % (r16), while 20k steps of flow estimation alone from a trained model took it from
@@ -218,7 +208,7 @@ def train_vae(
 
     Objects are a few percent of the pixels, and unweighted the VAE spends itself on the background: at equal time
     (24 min, 8x VAE) `object_weight` 10 against 0 left 1 against 8 of 40 objects vanished in reconstruction
-    (docs/demo_model.md has the other measurements).
+    (docs/research/shapesworld_runs.md has the other measurements).
 
     Windows span whole clips: the causal VAE treats its first, second and later latent frames differently (through
     its frame cache), and one trained on 5-frame windows reconstructed frames 9-17 at 13-20 dB PSNR against 19-27 dB
@@ -371,7 +361,7 @@ def build(
     budget = minutes * 60
     output = Path(output)
     work = Path(work) if work else output.with_name(output.name + ".work")
-    world = WorldConfig(**WORLD)
+    world = WorldConfig(**DEMO_WORLD)
     processes = os.cpu_count() or 1
     csv_path = write_split(work / "shapesworld", "train", train_clips, seed, world, processes, captions)
     write_split(work / "shapesworld", "eval", eval_clips, seed, world, processes)
@@ -396,7 +386,12 @@ def build(
     transformer = UnityVideoTransformer3DModel(**TRANSFORMER)
     scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=5.0)
     UnityVideoPipeline(
-        tokenizer=tokenizer, text_encoder=text_encoder, transformer=transformer, vae=vae, scheduler=scheduler
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        transformer=transformer,
+        vae=vae,
+        scheduler=scheduler,
+        sampling_defaults=SAMPLING_DEFAULTS,
     ).save_pretrained(initial)
 
     seconds_per_step = time_training_step(transformer, vae, batch_size=4, frames=world.frames, size=world.height)
@@ -450,8 +445,6 @@ def build(
                 "train_clips": train_clips,
                 "captions": captions,
                 "seconds": round(time.perf_counter() - started),
-                "world": {k: WORLD[k] for k in ("height", "width", "frames")},
-                "sampling": SAMPLING,
                 "exported_from": str(exported.relative_to(work)),
             },
             indent=2,
