@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from unityvideo_diffusers.conversion import diffusers_to_released_key, expected_parameters, transformer_config
-from unityvideo_diffusers.conversion.safetensors_stream import write_safetensors
+from unityvideo_diffusers.models.safetensors_stream import write_safetensors
 
 
 # ~1.1 GB in bf16: 5B-like blocks at a third of the width

@@ -23,7 +23,7 @@ from unityvideo_diffusers.conversion import (
     released_to_diffusers_key,
 )
 from unityvideo_diffusers.conversion.convert import plan_released_to_diffusers, transformer_config
-from unityvideo_diffusers.conversion.safetensors_stream import TensorInfo, read_header
+from unityvideo_diffusers.models.safetensors_stream import TensorInfo, read_header
 
 
 TINY_CONFIG = {**TINY}

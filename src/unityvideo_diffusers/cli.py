@@ -30,6 +30,8 @@ def _convert(args: argparse.Namespace) -> str:
         )
         return f"Wrote the released-layout checkpoint {output} (sha256 {digest})."
 
+    if args.to == "gguf" and (args.base or args.transformer_only or args.push_to):
+        raise ValueError("--to gguf writes one .gguf file; it takes no --base, --transformer-only or --push-to.")
     if args.push_to:
         from .hub import check_repo_id
 
@@ -40,6 +42,19 @@ def _convert(args: argparse.Namespace) -> str:
             overrides = json.loads(Path(args.transformer_config).read_text())
         except (OSError, json.JSONDecodeError) as error:
             raise ValueError(f"--transformer-config {args.transformer_config}: {error}") from None
+    if args.to == "gguf":
+        from .conversion.to_gguf import convert_released_to_gguf
+
+        output = convert_released_to_gguf(
+            checkpoint,
+            args.output,
+            quant=args.quant,
+            transformer_config_overrides=overrides,
+            sha256=args.sha256,
+            overwrite=args.overwrite,
+            progress=not args.quiet,
+        )
+        return f"Wrote the {args.quant} GGUF file {output}."
     output = convert_released_to_diffusers(
         checkpoint,
         args.output,
@@ -92,7 +107,8 @@ JOB_DEFAULTS = dict(
     output=None,
     device="cpu",
     dtype="fp32",
-    offload=False,
+    offload=None,
+    quantize=None,
     vae_tiling=False,
     scheduler=None,  # None: the model folder's, as for the sampling settings below
     lora=None,
@@ -161,6 +177,8 @@ def _job_settings(job: str, args: argparse.Namespace) -> dict:
     explicit = _read_job_config(args.config, allowed) if args.config else {}
     explicit.update({key: value for key, value in vars(args).items() if key in allowed and value is not None})
     settings.update(explicit)
+    if isinstance(settings["offload"], bool):  # `offload: true` in a YAML file written before the modes existed
+        settings["offload"] = "model" if settings["offload"] else None
     if settings.get("model") is None:
         settings["model"] = _default_model()
     required = {
@@ -291,7 +309,7 @@ def _add_job_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", help="cpu (default), cuda, cuda:1, mps ...")
     parser.add_argument("--dtype", choices=["fp32", "bf16", "fp16"])
-    parser.add_argument("--offload", action="store_true", default=None, help="model CPU offload (low GPU memory)")
+    _add_low_memory_options(parser)
     parser.add_argument("--vae-tiling", action="store_true", default=None, help="decode in tiles (low memory)")
     parser.add_argument(
         "--scheduler", choices=SCHEDULER_NAMES, help="default: the model's (reference: the authors' sampler)"
@@ -311,6 +329,27 @@ def _add_job_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--height", type=int, help="default: the model's")
     parser.add_argument("--width", type=int, help="default: the model's")
     parser.add_argument("--fps", type=int, help="frame rate of the written videos (default 8)")
+
+
+def _add_low_memory_options(parser: argparse.ArgumentParser) -> None:
+    from .low_memory import OFFLOAD_MODES, QUANTIZE_SCHEMES
+
+    parser.add_argument(
+        "--offload",
+        nargs="?",
+        const="model",
+        choices=list(OFFLOAD_MODES),
+        help="keep weights on the CPU until used: "
+        + "; ".join(f"{k}: {v}" for k, v in OFFLOAD_MODES.items())
+        + " (--offload alone: model)",
+    )
+    parser.add_argument(
+        "--quantize",
+        metavar="SCHEME",
+        help="the transformer in less memory: "
+        + "; ".join(f"{k}: {v}" for k, v in QUANTIZE_SCHEMES.items())
+        + "; or a .gguf file (unityvideo convert --to gguf)",
+    )
 
 
 def _job_parser(commands, task_name: str, help_suffix: str = "") -> argparse.ArgumentParser:
@@ -356,6 +395,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--sha256", help="expected SHA-256 of --checkpoint (the released files are checked by default)"
     )
     convert.add_argument("--max-shard-size", default="5GB", help="largest weight file, e.g. 5GB or 500MB")
+    convert.add_argument(
+        "--to", default="diffusers", choices=["diffusers", "gguf"], help="a diffusers folder (default) or a GGUF file"
+    )
+    convert.add_argument("--quant", default="Q8_0", help="with --to gguf: Q8_0 (default), Q5_0, Q4_1 or Q4_0")
     convert.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     convert.add_argument("--push-to", metavar="REPO_ID", help="then upload the folder (private) with a model card")
     convert.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -438,6 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--host", default="127.0.0.1")
     demo.add_argument("--port", type=int, default=7860)
     demo.add_argument("--share", action="store_true", help="a public Gradio link")
+    _add_low_memory_options(demo)
     demo.set_defaults(run=_demo, parser=demo, required=())
 
     evaluation = commands.add_parser("eval", help="quality on held-out ShapesWorld scenes, against baselines")
@@ -490,7 +534,10 @@ def _demo(args: argparse.Namespace) -> str:
     except ImportError as error:
         raise ValueError(f"The demo needs Gradio: pip install 'unityvideo-diffusers[demo]' ({error}).") from None
     check_model_source(args.model, "--model")
-    launch(args.model, args.device, args.dtype, args.host, args.port, args.share)
+    from .low_memory import check_low_memory
+
+    check_low_memory(args.quantize, args.offload, args.device)  # before the demo loads anything
+    launch(args.model, args.device, args.dtype, args.host, args.port, args.share, args.quantize, args.offload)
     return "Demo stopped."
 
 

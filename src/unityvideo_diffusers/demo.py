@@ -13,14 +13,16 @@ import torch
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from an offline machine
 
 
-def build_demo(model: str, device: str = "cpu", dtype: str = "fp32"):
+def build_demo(
+    model: str, device: str = "cpu", dtype: str = "fp32", quantize: str | None = None, offload: str | None = None
+):
     import gradio as gr
 
-    from .jobs import DTYPES
+    from .jobs import load_pipeline
     from .pipelines import UnityVideoControlPipeline, UnityVideoPerceptionPipeline, UnityVideoPipeline
     from .video_io import save_video
 
-    pipe = UnityVideoPipeline.from_pretrained(model, dtype=DTYPES[dtype]).to(device)
+    pipe = load_pipeline(UnityVideoPipeline, model, device, dtype, offload, False, None, quantize)
     pipe.set_progress_bar_config(disable=True)
     control = UnityVideoControlPipeline.from_pipe(pipe)
     perception = UnityVideoPerceptionPipeline.from_pipe(pipe)
@@ -103,6 +105,8 @@ def launch(
     host: str = "127.0.0.1",
     port: int = 7860,
     share: bool = False,
+    quantize: str | None = None,
+    offload: str | None = None,
 ):
-    demo = build_demo(model, device, dtype)
+    demo = build_demo(model, device, dtype, quantize, offload)
     demo.queue().launch(server_name=host, server_port=port, share=share, show_error=True)

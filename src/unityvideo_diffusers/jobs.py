@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .low_memory import check_low_memory, loading_kwargs, place
 from .modalities import decode_depth, decode_flow, decode_segmentation
 from .schedulers import scheduler_by_name
 from .tasks import resolve_task
@@ -29,20 +30,23 @@ def load_pipeline(
     model: str,
     device: str,
     dtype: str,
-    offload: bool,
+    offload: str | None,
     vae_tiling: bool,
-    scheduler: str,
+    scheduler: str | None,
     lora: str | None = None,
     lora_scale: float = 1.0,
+    quantize: str | None = None,
 ):
-    """The job's pipeline; `lora` (a trainer's export or any diffusers LoRA, folder or Hub id) loaded as the adapter
-    "lora" at `lora_scale` (the modality-stream weights of an export apply in full)."""
+    """The job's pipeline. `offload`: None, "model", "group" or "sequential"; `quantize`: None, "int8", "fp8", "nf4"
+    or a .gguf file; `lora` (a trainer's export or any diffusers LoRA, folder or Hub id) loaded as the adapter "lora"
+    at `lora_scale` (the modality-stream weights of an export apply in full)."""
     if dtype not in DTYPES:
         raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}.")
     check_model_source(model, "--model")
     if lora is not None:
         check_model_source(lora, "--lora")
-    pipe = pipeline_class.from_pretrained(model, dtype=DTYPES[dtype])
+    check_low_memory(quantize, offload, device)
+    pipe = pipeline_class.from_pretrained(model, dtype=DTYPES[dtype], **loading_kwargs(quantize, DTYPES[dtype]))
     if scheduler is not None:  # None: the folder's, for each job its own
         pipe.scheduler = scheduler_by_name(scheduler, pipe.scheduler)
     if lora is not None:
@@ -50,10 +54,7 @@ def load_pipeline(
         pipe.set_adapters("lora", lora_scale)
     if vae_tiling:
         pipe.vae.enable_tiling()
-    if offload:
-        pipe.enable_model_cpu_offload(device=device)
-    else:
-        pipe.to(device)
+    place(pipe, quantize, offload, device, DTYPES[dtype])
     return pipe
 
 
@@ -104,6 +105,7 @@ def pipeline_for(job: str, settings: dict):
         settings["scheduler"],
         settings.get("lora"),
         settings.get("lora_scale", 1.0),
+        settings.get("quantize"),
     )
 
 

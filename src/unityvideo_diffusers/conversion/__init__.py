@@ -1,12 +1,18 @@
+from ..models.keymap import KEY_TEMPLATES, diffusers_to_released_key, released_to_diffusers_key
+from ..models.safetensors_stream import (
+    CheckpointError,
+    SafetensorsReader,
+    read_header,
+    sha256_of,
+    write_safetensors,
+)
+from ..models.single_file import RELEASED_CHECKSUMS
 from .convert import (
-    RELEASED_CHECKSUMS,
     convert_diffusers_to_released,
     convert_released_to_diffusers,
     expected_parameters,
     transformer_config,
 )
-from .keymap import KEY_TEMPLATES, diffusers_to_released_key, released_to_diffusers_key
-from .safetensors_stream import CheckpointError, SafetensorsReader, read_header, sha256_of, write_safetensors
 
 
 __all__ = [

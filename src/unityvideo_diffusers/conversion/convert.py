@@ -7,7 +7,6 @@ end: a conversion either completes or leaves nothing behind, and its memory is o
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import os
@@ -21,103 +20,26 @@ from diffusers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFETENSORS_WEIGHTS_NAME
 from huggingface_hub import split_state_dict_into_shards_factory
 from tqdm.auto import tqdm
 
-from ..modalities import RELEASED_MODALITIES
 from ..models import UnityVideoTransformer3DModel
+from ..models.keymap import diffusers_to_released_key
+from ..models.safetensors_stream import CheckpointError, SafetensorsReader, TensorInfo, sha256_of, write_safetensors
+from ..models.single_file import raise_if_any, verify_checksum
 from ..sampling import RELEASED_SAMPLING_DEFAULTS
-from .keymap import diffusers_to_released_key, modalities_in_released_keys, released_to_diffusers_key
-from .safetensors_stream import CheckpointError, SafetensorsReader, TensorInfo, sha256_of, write_safetensors
 
 
 logger = logging.getLogger(__name__)
 
-RELEASED_CHECKSUMS = {
-    "unityvideo_wan22_ti2v_5b_step15000_ema.safetensors": "0df3909e312526c46f68097958afa055868f73354fe4276d693f7ebc398e6a39",
-    "unityvideo_wan22_ti2v_5b_step15000.safetensors": "4ee83a43ffdbaee90e7ff6a25fe108d8d65d255cd0803e3972bbbfb5b01db48c",
-}
 BASE_COMPONENTS = ("vae", "text_encoder", "tokenizer")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+SIZE_HINT = "a model of another size needs --transformer-config with its config keys"
 
-
-def transformer_config(checkpoint_keys, overrides: dict | None = None) -> dict:
-    """The released 5B config, with the checkpoint's own modalities, updated by `overrides` (model config keys)."""
-    signature = inspect.signature(UnityVideoTransformer3DModel.__init__).parameters.values()
-    defaults = {p.name: p.default for p in signature if p.name != "self"}
-    present = modalities_in_released_keys(checkpoint_keys)
-    modalities = [m for m in RELEASED_MODALITIES if m in present] + [
-        m for m in present if m not in RELEASED_MODALITIES
-    ]
-    config = {**defaults, "modalities": modalities}
-    overrides = {key: value for key, value in (overrides or {}).items() if not key.startswith("_")}
-    if "architecture" in overrides:
-        raise CheckpointError(
-            "That is the authors' config.json, not a transformer config. The released 5B config is the default: "
-            "leave --transformer-config out, or give a JSON of UnityVideoTransformer3DModel config keys."
-        )
-    unknown = sorted(set(overrides) - set(defaults))
-    if unknown:
-        raise CheckpointError(f"Unknown transformer config keys {unknown}; valid keys: {sorted(defaults)}.")
-    config.update(overrides)
-    return config
-
-
-def expected_parameters(config: dict) -> dict[str, tuple[int, ...]]:
-    """Name -> shape of every tensor a model of `config` stores, computed on the meta device (no allocation)."""
-    with torch.device("meta"):
-        model = UnityVideoTransformer3DModel(**config)
-    return {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+transformer_config = UnityVideoTransformer3DModel.released_config
+expected_parameters = UnityVideoTransformer3DModel.expected_parameters
 
 
 def plan_released_to_diffusers(source: dict[str, TensorInfo], config: dict) -> dict[str, str]:
     """diffusers name -> released name for every tensor; raises naming every key or shape that does not fit."""
-    expected = expected_parameters(config)
-    plan, unmapped, mismatched = {}, [], []
-    for released_name, info in source.items():
-        name = released_to_diffusers_key(released_name)
-        if name is None or name not in expected:
-            unmapped.append(released_name)
-            continue
-        plan[name] = released_name
-        if tuple(info.shape) != expected[name]:
-            mismatched.append(f"{released_name} {tuple(info.shape)} -> {name} expects {expected[name]}")
-    missing = [diffusers_to_released_key(name) or name for name in expected if name not in plan]
-    _raise_if_any(unmapped, mismatched, missing, config)
-    return {name: plan[name] for name in expected}
-
-
-def _raise_if_any(unmapped: list[str], mismatched: list[str], missing: list[str], config: dict) -> None:
-    problems = []
-    for title, items in (
-        ("keys with no place in the model", unmapped),
-        ("shape mismatches", mismatched),
-        ("missing keys", missing),
-    ):
-        if items:
-            shown = "\n    ".join(items[:12]) + (f"\n    ... and {len(items) - 12} more" if len(items) > 12 else "")
-            problems.append(f"  {len(items)} {title}:\n    {shown}")
-    if problems:
-        hint = (
-            "" if not mismatched else "\n  (a model of another size needs --transformer-config with its config keys)"
-        )
-        raise CheckpointError(
-            "The checkpoint does not fit UnityVideoTransformer3DModel"
-            f" (layers={config['num_layers']}, dim={config['num_attention_heads'] * config['attention_head_dim']}):\n"
-            + "\n".join(problems)
-            + hint
-        )
-
-
-def verify_checksum(path: Path, expected: str | None, progress: bool = True) -> str | None:
-    """Check the file's SHA-256 against `expected`, or against the published one when the file name is a release."""
-    expected = expected or RELEASED_CHECKSUMS.get(path.name)
-    if expected is None:
-        return None
-    expected = expected.strip().lower()
-    if len(expected) != 64 or any(c not in "0123456789abcdef" for c in expected):
-        raise CheckpointError(f"--sha256 must be 64 hexadecimal characters, got {expected!r}.")
-    actual = sha256_of(path, progress=progress)
-    if actual != expected:
-        raise CheckpointError(f"SHA-256 mismatch for {path}: expected {expected}, got {actual}.")
-    return actual
+    return UnityVideoTransformer3DModel.plan_released_load(source, config, hint=SIZE_HINT)
 
 
 @contextmanager
@@ -325,7 +247,7 @@ def convert_diffusers_to_released(
         if name in reader.tensors and tuple(reader.tensors[name].shape) != shape
     ]
     no_place = [name for name in expected if diffusers_to_released_key(name) is None]
-    _raise_if_any(unmapped + no_place, mismatched, missing, config)
+    raise_if_any(unmapped + no_place, mismatched, missing, config, SIZE_HINT)
 
     plan = {diffusers_to_released_key(name): name for name in expected}
     with _atomic_output(output, overwrite, is_dir=False) as staging, reader:

@@ -14,7 +14,7 @@ import json
 import math
 import os
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,19 +104,51 @@ def read_header(path: str | os.PathLike) -> SafetensorsHeader:
     return SafetensorsHeader(path=path, tensors=tensors, metadata=metadata)
 
 
-def read_tensor(file, info: TensorInfo) -> torch.Tensor:
-    """Read one tensor with a plain positioned read (no memory map), so memory stays at one tensor."""
-    data = bytearray(info.nbytes)
+def read_bytes(file, start: int, count: int) -> bytearray:
+    """`count` bytes at `start`, with plain positioned reads (no memory map), so memory stays at what is read."""
+    data = bytearray(count)
     view = memoryview(data)
     read = 0
-    while read < info.nbytes:
-        count = os.preadv(file.fileno(), [view[read:]], info.start + read)
-        if count == 0:
-            raise CheckpointError(f"Unexpected end of file while reading {info}.")
-        read += count
+    while read < count:
+        got = os.preadv(file.fileno(), [view[read:]], start + read)
+        if got == 0:
+            raise CheckpointError(f"Unexpected end of file {file.name} at byte {start + read}.")
+        read += got
+    return data
+
+
+def _as_tensor(data: bytearray, info: TensorInfo) -> torch.Tensor:
     if info.nbytes == 0:
         return torch.empty(info.shape, dtype=info.dtype)
     return torch.frombuffer(data, dtype=info.dtype).reshape(info.shape)
+
+
+def read_tensor(file, info: TensorInfo) -> torch.Tensor:
+    """Read one tensor, so memory stays at one tensor."""
+    return _as_tensor(read_bytes(file, info.start, info.nbytes), info)
+
+
+def iter_tensors_hashed(header: SafetensorsHeader, digest) -> Iterator[tuple[str, torch.Tensor]]:
+    """
+    Every tensor of one file, in file order, one at a time; every byte of the file (header, padding, data, tail)
+    is fed to `digest` (a `hashlib` object) on the way, so the file's checksum comes out of the one read that
+    loads it. The checksum is complete only once the iteration has finished.
+    """
+    file_size = header.path.stat().st_size
+    position = 0
+    with open(header.path, "rb") as file:
+        for name, info in sorted(header.tensors.items(), key=lambda item: item[1].start):
+            if info.start < position:
+                raise CheckpointError(f"{header.path}: tensor {name!r} overlaps the tensor before it.")
+            digest.update(read_bytes(file, position, info.start - position))
+            data = read_bytes(file, info.start, info.nbytes)
+            digest.update(data)
+            position = info.end
+            yield name, _as_tensor(data, info)
+        while position < file_size:
+            chunk = read_bytes(file, position, min(16 * 1024 * 1024, file_size - position))
+            digest.update(chunk)
+            position += len(chunk)
 
 
 def write_safetensors(
