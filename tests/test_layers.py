@@ -13,7 +13,7 @@ PACKAGE = Path(unityvideo_diffusers.__file__).parent
 LAYERS = [
     {"modalities", "tasks", "video_io", "validation", "schedulers", "sampling"},
     {"models"},
-    {"pipelines", "conversion", "hub", "testing"},
+    {"pipelines", "conversion", "hub", "testing", "low_memory"},
     {"training"},
     {"shapesworld"},
     {"jobs", "demo", "cli", "__main__"},
