@@ -9,13 +9,24 @@ import sys
 import time
 from pathlib import Path
 
-from .hub import network_errors
+import yaml
+
+from . import DEMO_MODEL
+from .conversion import SafetensorsReader, convert_diffusers_to_released, convert_released_to_diffusers
+from .conversion.convert import _weight_files
+from .conversion.to_gguf import convert_released_to_gguf
+from .hub import check_repo_id, network_errors, push_folder
+from .jobs import ITEM_KEYS, run_split
+from .jobs import run as run_job
+from .low_memory import OFFLOAD_MODES, QUANTIZE_SCHEMES, check_low_memory
 from .schedulers import SCHEDULER_NAMES
+from .shapesworld.evaluation import evaluate_all, format_table
 from .tasks import TASK_NAMES, resolve_task
+from .training import TrainConfig, train
+from .validation import check_model_source, check_size, load_yaml, numeric_problem, size_factors, unknown_key
 
 
 def _convert(args: argparse.Namespace) -> str:
-    from .conversion import convert_diffusers_to_released, convert_released_to_diffusers
 
     checkpoint = Path(args.checkpoint)
     if not checkpoint.exists():
@@ -33,8 +44,6 @@ def _convert(args: argparse.Namespace) -> str:
     if args.to == "gguf" and (args.base or args.transformer_only or args.push_to):
         raise ValueError("--to gguf writes one .gguf file; it takes no --base, --transformer-only or --push-to.")
     if args.push_to:
-        from .hub import check_repo_id
-
         check_repo_id(args.push_to)  # before hours of conversion
     overrides = None
     if args.transformer_config:
@@ -43,8 +52,6 @@ def _convert(args: argparse.Namespace) -> str:
         except (OSError, json.JSONDecodeError) as error:
             raise ValueError(f"--transformer-config {args.transformer_config}: {error}") from None
     if args.to == "gguf":
-        from .conversion.to_gguf import convert_released_to_gguf
-
         output = convert_released_to_gguf(
             checkpoint,
             args.output,
@@ -69,18 +76,12 @@ def _convert(args: argparse.Namespace) -> str:
     )
     what = "diffusers pipeline folder" if args.base else "diffusers transformer folder"
     if args.push_to:
-        from .hub import push_folder
-
         push_folder(output, args.push_to, private=True)
         return f"Wrote the {what} {output} and uploaded it (private) to https://huggingface.co/{args.push_to}."
     return f"Wrote the {what} {output}."
 
 
 def _train(args: argparse.Namespace) -> str:
-    import yaml
-
-    from .training import TrainConfig, train
-    from .validation import load_yaml
 
     overrides = {}
     for item in args.set or []:
@@ -157,7 +158,6 @@ SHARED_OPTIONS = set(JOB_DEFAULTS) - {
 
 def _default_model() -> str:
     """The bundled ShapesWorld demo model, so every command runs on a fresh machine with no download."""
-    from . import DEMO_MODEL
 
     if not (DEMO_MODEL / "model_index.json").is_file():
         raise ValueError("--model is required (a converted UnityVideo folder or Hub id); no bundled demo model here.")
@@ -168,7 +168,6 @@ def _job_settings(job: str, args: argparse.Namespace) -> dict:
     """Defaults, then the YAML file, then the flags given on the command line (each level overrides the previous).
     Sampling settings left unset (size, frames, steps, guidance, scheduler) are the model folder's, filled in by the
     pipeline."""
-    from .validation import check_size, numeric_problem, size_factors
 
     allowed = SHARED_OPTIONS | JOB_OPTIONS[job]
     settings = {key: value for key, value in JOB_DEFAULTS.items() if key in allowed}
@@ -219,9 +218,6 @@ def _job_settings(job: str, args: argparse.Namespace) -> dict:
 
 
 def _read_job_config(path: str, allowed: set[str]) -> dict:
-    import yaml
-
-    from .validation import load_yaml, unknown_key
 
     try:
         values = load_yaml(Path(path).read_text()) or {}
@@ -253,7 +249,6 @@ def _apply_config(args: argparse.Namespace) -> None:
 
 def _job(job: str):
     def run(args: argparse.Namespace) -> str:
-        from .jobs import run as run_job
 
         if getattr(args, "prompts", None) or getattr(args, "videos", None):
             return _run_many(job, args)
@@ -269,7 +264,6 @@ VIDEO_SUFFIXES = {".mp4", ".gif", ".webm", ".mov", ".avi", ".mkv"}
 def _run_many(job: str, args: argparse.Namespace) -> str:
     """`generate --prompts FILE` (one prompt a line) or `estimate --videos FOLDER` (its video files and frame folders):
     every item into the --output folder, shared among the processes of `accelerate launch` when there are several."""
-    from .jobs import ITEM_KEYS, run_split
 
     key = ITEM_KEYS[job]
     if getattr(args, key):
@@ -332,7 +326,6 @@ def _add_job_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_low_memory_options(parser: argparse.ArgumentParser) -> None:
-    from .low_memory import OFFLOAD_MODES, QUANTIZE_SCHEMES
 
     parser.add_argument(
         "--offload",
@@ -526,7 +519,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _demo(args: argparse.Namespace) -> str:
-    from .validation import check_model_source
 
     args.model = args.model or _default_model()
     try:
@@ -534,7 +526,6 @@ def _demo(args: argparse.Namespace) -> str:
     except ImportError as error:
         raise ValueError(f"The demo needs Gradio: pip install 'unityvideo-diffusers[demo]' ({error}).") from None
     check_model_source(args.model, "--model")
-    from .low_memory import check_low_memory
 
     check_low_memory(args.quantize, args.offload, args.device)  # before the demo loads anything
     launch(args.model, args.device, args.dtype, args.host, args.port, args.share, args.quantize, args.offload)
@@ -542,7 +533,6 @@ def _demo(args: argparse.Namespace) -> str:
 
 
 def _eval(args: argparse.Namespace) -> str:
-    from .shapesworld.evaluation import evaluate_all, format_table
 
     results = evaluate_all(
         args.model or _default_model(),
@@ -562,7 +552,6 @@ def _eval(args: argparse.Namespace) -> str:
 
 
 def _push(args: argparse.Namespace) -> str:
-    from .hub import push_folder
 
     if not Path(args.folder).is_dir():
         raise FileNotFoundError(f"{args.folder} is not a folder.")
@@ -593,8 +582,6 @@ def _info(args: argparse.Namespace) -> str:
     config = json.loads((transformer / "config.json").read_text())
     if config.get("_class_name") != "UnityVideoTransformer3DModel":
         raise ValueError(f"{transformer} holds a {config.get('_class_name')}, not a UnityVideo transformer.")
-    from .conversion import SafetensorsReader
-    from .conversion.convert import _weight_files
 
     tensors = SafetensorsReader(_weight_files(transformer)).tensors
     parameters = sum(math.prod(info.shape) for info in tensors.values())

@@ -9,6 +9,10 @@ from pathlib import Path
 
 import torch
 
+from .jobs import load_pipeline
+from .pipelines import UnityVideoControlPipeline, UnityVideoPerceptionPipeline, UnityVideoPipeline
+from .video_io import save_video
+
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from an offline machine
 
@@ -17,10 +21,6 @@ def build_demo(
     model: str, device: str = "cpu", dtype: str = "fp32", quantize: str | None = None, offload: str | None = None
 ):
     import gradio as gr
-
-    from .jobs import load_pipeline
-    from .pipelines import UnityVideoControlPipeline, UnityVideoPerceptionPipeline, UnityVideoPipeline
-    from .video_io import save_video
 
     pipe = load_pipeline(UnityVideoPipeline, model, device, dtype, offload, False, None, quantize)
     pipe.set_progress_bar_config(disable=True)

@@ -6,6 +6,9 @@ import json
 import os
 from pathlib import Path
 
+from huggingface_hub import HfApi
+from huggingface_hub.errors import HfHubHTTPError
+
 
 CARD_NAME = "README.md"
 
@@ -14,7 +17,6 @@ def network_errors() -> tuple[type[BaseException], ...]:
     """What a request to the Hub raises when it cannot be reached or refuses: huggingface_hub's own HTTP errors are
     OSErrors, but its HTTP library's connection errors (httpx's for huggingface_hub >= 1, a base of its HTTP error
     class) are not."""
-    from huggingface_hub.errors import HfHubHTTPError
 
     library_errors = [base for base in HfHubHTTPError.__mro__[1:] if base.__name__ == "HTTPError"]
     return (OSError, *library_errors)
@@ -90,7 +92,6 @@ def push_folder(
     overwrite_card: bool = False,
 ):
     """Create `repo_id` if needed and upload `folder` with a model card (kept if the folder already has one)."""
-    from huggingface_hub import HfApi
 
     folder = Path(folder)
     markers = ("model_index.json", "config.json", "transformer/config.json")

@@ -8,9 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate import PartialState
 
 from .low_memory import check_low_memory, loading_kwargs, place
 from .modalities import decode_depth, decode_flow, decode_segmentation
+from .pipelines import UnityVideoControlPipeline, UnityVideoPerceptionPipeline, UnityVideoPipeline
 from .schedulers import scheduler_by_name
 from .tasks import resolve_task
 from .validation import check_model_source
@@ -87,7 +89,6 @@ def used_settings(pipe, job: str, settings: dict) -> dict:
 
 
 def pipeline_for(job: str, settings: dict):
-    from .pipelines import UnityVideoControlPipeline, UnityVideoPerceptionPipeline, UnityVideoPipeline
 
     pipeline_class = {
         "generate": UnityVideoPipeline,
@@ -113,7 +114,6 @@ def run(job: str, settings: dict, pipe=None) -> dict:
     """Run the command `job` (generate, control, estimate, restyle) with `settings` (its options); returns the
     record, also written beside the outputs. `pipe`: the job's pipeline already loaded with these settings (runs
     over many inputs load it once)."""
-    from .pipelines import UnityVideoControlPipeline
 
     started = time.perf_counter()
     output = Path(settings["output"])
@@ -199,7 +199,6 @@ def run_split(job: str, settings: dict, items: list[str]) -> list[dict]:
     of `accelerate launch` (accelerate's `split_between_processes`; one process runs them all). Item i is written as
     `<output folder>/<i>.mp4` with its record beside it and sampled with seed `seed + i`, whichever process runs it,
     so the files do not depend on the number of processes. Returns this process's records."""
-    from accelerate import PartialState
 
     state = PartialState(cpu=settings["device"] == "cpu")
     if settings["device"] != "cpu" and settings["device"] == state.device.type:  # "cuda": this process's own GPU

@@ -11,6 +11,9 @@ import importlib.util
 from pathlib import Path
 
 import torch
+from diffusers import BitsAndBytesConfig, PipelineQuantizationConfig, TorchAoConfig
+
+from .models import UnityVideoTransformer3DModel
 
 
 QUANTIZE_SCHEMES = {
@@ -59,20 +62,14 @@ def check_low_memory(quantize: str | None, offload: str | None, device: str) -> 
 
 def loading_kwargs(quantize: str | None, dtype: torch.dtype) -> dict:
     """What `from_pretrained` gets for `quantize`: a quantization config for the transformer, or the GGUF one."""
-    from diffusers import PipelineQuantizationConfig
 
     if quantize == "int8":
-        from diffusers import TorchAoConfig
         from torchao.quantization import Int8WeightOnlyConfig
 
         config = TorchAoConfig(Int8WeightOnlyConfig())
     elif quantize == "nf4":
-        from diffusers import BitsAndBytesConfig
-
         config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
     elif quantize is not None and quantize.endswith(".gguf"):
-        from .models import UnityVideoTransformer3DModel
-
         return {"transformer": UnityVideoTransformer3DModel.from_single_file(quantize, torch_dtype=dtype)}
     else:  # none, or fp8 storage (applied after loading)
         return {}

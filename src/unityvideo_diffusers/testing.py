@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import torch
+from diffusers import AutoencoderKLWan, UniPCMultistepScheduler
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
+
+from .models import UnityVideoTransformer3DModel
 
 
 def randomize_parameters(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -20,8 +25,6 @@ def randomize_parameters(model: torch.nn.Module, seed: int = 0) -> torch.nn.Modu
 
 def tiny_tokenizer():
     """A byte-level BPE tokenizer trained in code: any text tokenizes."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
     tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -48,10 +51,6 @@ TINY_TRANSFORMER = dict(
 
 def tiny_pipeline_components(seed: int = 0, transformer_config: dict | None = None, randomize: bool = True) -> dict:
     """tokenizer, UMT5 text encoder, Wan2.2-style VAE (z_dim 48, 16x spatial, 4x temporal), transformer, scheduler."""
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler
-    from transformers import UMT5Config, UMT5EncoderModel
-
-    from .models import UnityVideoTransformer3DModel
 
     config = {**TINY_TRANSFORMER, **(transformer_config or {})}
     torch.manual_seed(seed)

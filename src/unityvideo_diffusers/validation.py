@@ -10,6 +10,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import yaml
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
 
 
 def unknown_key(key: str, valid: Iterable[str], where: str = "") -> str:
@@ -23,8 +25,6 @@ def unknown_key(key: str, valid: Iterable[str], where: str = "") -> str:
 def check_model_source(source: str, option: str) -> None:
     """A model (or LoRA) named by `option` must be an existing path or a Hub id `owner/name`; anything else (such as
     a mistyped `./pretrained_models`) is named as both, instead of huggingface_hub's repo-id rules."""
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
 
     if not isinstance(source, str) or not source:
         raise ValueError(f"{option} must be a folder or a Hub id (owner/name), got {source!r}.")

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import torch
+from diffusers.utils import export_to_video, load_video
 
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
@@ -91,7 +92,6 @@ def _read_path(path: Path) -> list[PIL.Image.Image]:
         if not images:
             raise ValueError(f"The folder {path} holds no image frames.")
         return [PIL.Image.open(p).convert("RGB") for p in images]
-    from diffusers.utils import load_video
 
     try:
         frames = load_video(str(path))
@@ -136,8 +136,6 @@ def save_video(frames, path: str | os.PathLike, fps: int = 8) -> Path:
         for index, frame in enumerate(frames):
             frame.save(path / f"{index:05d}.png")
     else:
-        from diffusers.utils import export_to_video
-
         try:
             export_to_video(frames, str(path), fps=fps)
         except (OSError, RuntimeError, ValueError) as error:

@@ -16,8 +16,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from diffusers import __version__ as diffusers_version
 from diffusers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFETENSORS_WEIGHTS_NAME
-from huggingface_hub import split_state_dict_into_shards_factory
+from huggingface_hub import snapshot_download, split_state_dict_into_shards_factory
 from tqdm.auto import tqdm
 
 from ..models import UnityVideoTransformer3DModel
@@ -25,6 +26,7 @@ from ..models.keymap import diffusers_to_released_key
 from ..models.safetensors_stream import CheckpointError, SafetensorsReader, TensorInfo, sha256_of, write_safetensors
 from ..models.single_file import raise_if_any, verify_checksum
 from ..sampling import RELEASED_SAMPLING_DEFAULTS
+from ..schedulers import default_scheduler
 
 
 logger = logging.getLogger(__name__)
@@ -102,8 +104,6 @@ def _resolve_base(base: str) -> Path:
     """A local Wan2.2 diffusers folder, or a Hub repo id fetched (only the parts we take) into the Hub cache."""
     path = Path(base)
     if not path.exists():
-        from huggingface_hub import snapshot_download
-
         patterns = [f"{component}/*" for component in BASE_COMPONENTS] + ["model_index.json"]
         path = Path(snapshot_download(base, allow_patterns=patterns))
     missing = [component for component in BASE_COMPONENTS if not (path / component).is_dir()]
@@ -125,9 +125,6 @@ def _link_or_copy(source: str, destination: str) -> None:
 def _write_pipeline_parts(base: Path, directory: Path) -> None:
     """Take vae, text encoder and tokenizer from the Wan2.2 base, write our default scheduler and model_index.json
     (with the released model's sampling defaults)."""
-    from diffusers import __version__ as diffusers_version
-
-    from ..schedulers import default_scheduler
 
     base_index = json.loads((base / "model_index.json").read_text())
     index = {"_class_name": "UnityVideoPipeline", "_diffusers_version": diffusers_version}

@@ -17,9 +17,11 @@ from pathlib import Path
 
 import torch
 from accelerate import init_empty_weights
+from diffusers import GGUFQuantizationConfig
 from diffusers.models.model_loading_utils import load_model_dict_into_meta
 from diffusers.models.modeling_utils import no_init_weights
 from diffusers.quantizers import DiffusersAutoQuantizer
+from huggingface_hub import hf_hub_download
 from tqdm.auto import tqdm
 
 from ..modalities import RELEASED_MODALITIES
@@ -247,8 +249,7 @@ def _from_gguf(cls, path: Path, config, subfolder, torch_dtype, quantization_con
     the fly in each forward), the others load as usual. Tensors are read one at a time with positioned reads, so
     memory is the quantized model, not the file's memory map on top of it.
     """
-    from diffusers import GGUFQuantizationConfig
-    from diffusers.quantizers.gguf.utils import GGUFParameter
+    from diffusers.quantizers.gguf.utils import GGUFParameter  # needs the optional gguf package
     from gguf import GGMLQuantizationType, GGUFReader, quant_shape_to_byte_shape
 
     reader = GGUFReader(path)
@@ -303,7 +304,6 @@ def _resolve_file(path_or_url: str | os.PathLike, hub_kwargs: dict) -> Path:
     text = str(path_or_url)
     if Path(text).exists() or not text.startswith(_HUB_PREFIXES):
         return Path(text)
-    from huggingface_hub import hf_hub_download
 
     for prefix in _HUB_PREFIXES:
         text = text.removeprefix(prefix)

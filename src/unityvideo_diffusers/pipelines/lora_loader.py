@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 from diffusers.loaders import WanLoraLoaderMixin
+from huggingface_hub import hf_hub_download
+from huggingface_hub.errors import EntryNotFoundError
 from safetensors.torch import load_file
 
 from ..modalities import known_modalities, modality_prompt, register_modality
@@ -33,8 +35,6 @@ def _export_file(source: str | os.PathLike, name: str, options: dict) -> Path | 
         folder = path if path.is_dir() else path.parent
         candidate = folder / (options.get("subfolder") or "") / name
         return candidate if candidate.is_file() else None
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
 
     try:
         return Path(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
 from transformers import PreTrainedTokenizerBase, UMT5EncoderModel
 
+from ..hub import push_folder
 from ..modalities import modality_prompt
 from ..models import UnityVideoTransformer3DModel
 from ..sampling import resolve_sampling_defaults, trained_size
@@ -165,8 +167,6 @@ class UnityVideoBasePipeline(DiffusionPipeline, UnityVideoLoraLoaderMixin):
         }
         super().save_pretrained(save_directory, safe_serialization=safe_serialization, variant=variant, **kwargs)
         if push:
-            from ..hub import push_folder
-
             return push_folder(save_directory, hub.pop("repo_id", Path(save_directory).name), **hub)
 
     def push_to_hub(
@@ -180,7 +180,6 @@ class UnityVideoBasePipeline(DiffusionPipeline, UnityVideoLoraLoaderMixin):
         variant: str | None = None,
     ):
         """Save the pipeline with a UnityVideo model card (license, base model, modalities, usage) and upload it."""
-        import tempfile
 
         with tempfile.TemporaryDirectory() as folder:
             return self.save_pretrained(

@@ -39,6 +39,7 @@ from diffusers import AutoencoderKLWan
 from ..modalities import decode_depth, decode_flow, decode_segmentation
 from ..pipelines import UnityVideoControlPipeline, UnityVideoPerceptionPipeline, UnityVideoPipeline
 from ..sampling import resolve_sampling_defaults
+from ..schedulers import scheduler_by_name
 from ..tasks import TASK_NAMES
 from ..video_io import load_frames
 from .world import (
@@ -380,7 +381,6 @@ def evaluate(
     so another `device` samples from the same starting points."""
     if unknown := set(jobs) - set(JOBS):
         raise ValueError(f"Unknown jobs {sorted(unknown)}; choose from {JOBS}.")
-    from ..schedulers import scheduler_by_name
 
     pipe = UnityVideoPipeline.from_pretrained(model).to(device)
     pipe.scheduler = scheduler_by_name(scheduler, pipe.scheduler)

@@ -28,6 +28,8 @@
 from __future__ import annotations
 
 import argparse
+import copy
+import csv
 import json
 import math
 import os
@@ -37,8 +39,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from diffusers import AutoencoderKLWan, UniPCMultistepScheduler
+from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
 
-from ..modalities import modality_prompt
+from ..modalities import SEGMENTATION_PALETTE, modality_prompt
+from ..models import UnityVideoTransformer3DModel
+from ..pipelines import UnityVideoPipeline
+from ..training import TrainConfig, train
+from ..training.trainer import latest_checkpoint
 from ..video_io import load_frames
 from .world import DEMO_WORLD, MODALITY_COLUMNS, WorldConfig, write_split
 
@@ -89,8 +99,6 @@ FINISH = dict(
 
 
 def fit_tokenizer(prompts: list[str]):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
     tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -115,7 +123,6 @@ def local_text_encoder(vocab_size: int, seed: int, offsets: tuple[int, ...] = NE
     At plain random initialisation the encoder mixes nothing: a word's output has cosine 1.000 to itself whatever its
     neighbours ("ball" in "red ball and blue cube" and in "blue ball and red cube"), so the transformer cannot tell
     which colour belongs to which object. Fixed neighbour heads make each word's feature carry the words beside it."""
-    from transformers import UMT5Config, UMT5EncoderModel
 
     torch.manual_seed(seed)
     config = UMT5Config(
@@ -144,7 +151,6 @@ def local_text_encoder(vocab_size: int, seed: int, offsets: tuple[int, ...] = NE
 
 def clip_tensors(csv_root: Path, frames: int) -> list[torch.Tensor]:
     """Every stream of every clip as a (3, F, H, W) tensor in [-1, 1] (a clip with several captions once)."""
-    import csv
 
     videos, seen = [], set()
     with open(csv_root / "metadata.csv", newline="") as handle:
@@ -163,7 +169,6 @@ def clip_tensors(csv_root: Path, frames: int) -> list[torch.Tensor]:
 def decode_unclamped(vae, latents: torch.Tensor) -> torch.Tensor:
     """`vae.decode` without its final clamp to [-1, 1]: the clamp has zero gradient wherever the untrained decoder
     overshoots, which stalls training. Same causal frame-by-frame decoding as diffusers' `AutoencoderKLWan._decode`."""
-    from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
 
     vae.clear_cache()
     hidden = vae.post_quant_conv(latents)
@@ -180,7 +185,6 @@ def decode_unclamped(vae, latents: torch.Tensor) -> torch.Tensor:
 def object_weights(videos: list[torch.Tensor], weight: float) -> list[torch.Tensor]:
     """Per stream, (1, F, H, W) pixel weights for the reconstruction loss: 1 + `weight` on and next to the clip's
     objects (read from its segmentation stream; `videos` in STREAMS order)."""
-    from ..modalities import SEGMENTATION_PALETTE
 
     background = torch.tensor(SEGMENTATION_PALETTE[0], dtype=torch.float32).view(3, 1, 1, 1) / 127.5 - 1
     weights = []
@@ -213,7 +217,6 @@ def train_vae(
     Windows span whole clips: the causal VAE treats its first, second and later latent frames differently (through
     its frame cache), and one trained on 5-frame windows reconstructed frames 9-17 at 13-20 dB PSNR against 19-27 dB
     for frames 1-5. Crops are safe: it is convolutional, and full 64 x 64 frames scored as well as 32 x 32 crops."""
-    from diffusers import AutoencoderKLWan
 
     torch.manual_seed(seed)
     vae = AutoencoderKLWan(**VAE)
@@ -269,7 +272,6 @@ def latent_statistics(vae, videos: list[torch.Tensor]) -> tuple[list[float], lis
 def time_training_step(transformer, vae, batch_size: int, frames: int, size: int) -> float:
     """Seconds of one forward + backward of `transformer`, its blocks compiled as in training, on a joint batch of the
     world's size (median of 3 after the compiling ones)."""
-    import copy
 
     model = copy.deepcopy(transformer).train()
     model.compile_repeated_blocks()
@@ -297,7 +299,6 @@ def time_training_step(transformer, vae, batch_size: int, frames: int, size: int
 def train_config(work: Path, save_path: Path, steps: int, **overrides):
     """The transformer's training run of the recipe: full fine-tuning of `work`/initial on the world's training split
     with the multi-task recipe (`overrides` change it, e.g. for the single-task comparison)."""
-    from ..training import TrainConfig
 
     values = dict(
         model_path=str(work / "initial"),
@@ -350,12 +351,6 @@ def build(
     log=print,
 ) -> Path:
     """Run the whole recipe; returns the demo pipeline folder."""
-    from diffusers import UniPCMultistepScheduler
-
-    from ..models import UnityVideoTransformer3DModel
-    from ..pipelines import UnityVideoPipeline
-    from ..training import train
-    from ..training.trainer import latest_checkpoint
 
     started = time.perf_counter()
     budget = minutes * 60
@@ -366,8 +361,6 @@ def build(
     csv_path = write_split(work / "shapesworld", "train", train_clips, seed, world, processes, captions)
     write_split(work / "shapesworld", "eval", eval_clips, seed, world, processes)
     log(f"data: {csv_path} ({time.perf_counter() - started:.0f} s)")
-
-    import csv
 
     prompts = [row["prompt"] for row in csv.DictReader(open(csv_path))] + [""] + [p for p in NEW_MODALITIES.values()]
     tokenizer = fit_tokenizer(prompts)

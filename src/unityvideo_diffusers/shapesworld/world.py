@@ -19,6 +19,7 @@ import csv
 import itertools
 import json
 import math
+import multiprocessing
 import os
 import shutil
 from dataclasses import asdict, dataclass, field, fields
@@ -360,8 +361,6 @@ def write_split(
     if processes == 1:
         clips = list(itertools.starmap(_write_clip, jobs))
     else:
-        import multiprocessing
-
         with multiprocessing.get_context("spawn").Pool(processes) as pool:
             clips = pool.starmap(_write_clip, jobs, chunksize=max(1, count // (8 * processes)))
     rows = [row for clip_rows in clips for row in clip_rows]

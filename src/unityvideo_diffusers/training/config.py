@@ -8,6 +8,8 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 from ..modalities import resolve_modality
 from ..tasks import TASK_NAMES, resolve_task
 from ..validation import check_model_source, check_size, load_yaml, numeric_problem, size_factors, unknown_key
@@ -270,7 +272,6 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: dict | None = None) -> TrainConfig:
-        import yaml
 
         try:
             values = load_yaml(Path(path).read_text()) or {}

@@ -21,6 +21,7 @@ from accelerate.utils import gather_object
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from ..modalities import decode_segmentation
 from ..video_io import cover_crop, load_frames, sample_indices
 from .config import ConfigError, TrainConfig
 
@@ -270,7 +271,6 @@ def foreground_mask(segmentation: list, latent_grid: tuple[int, int, int]) -> to
     """(T, H, W) mask of the latents that cover an object (any pixel off the palette's background, label 0) in
     `segmentation` frames, at the causal VAE's grid: latent frame 0 is frame 0, each later one the next group of
     (frames - 1) / (T - 1) frames."""
-    from ..modalities import decode_segmentation
 
     objects = torch.from_numpy(decode_segmentation(np.stack([np.asarray(frame) for frame in segmentation])) > 0)
     frames, (latent_frames, latent_height, latent_width) = len(objects), latent_grid

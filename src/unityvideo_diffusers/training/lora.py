@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from peft.utils import get_peft_model_state_dict
 from safetensors.torch import save_file
 
+from ..pipelines import UnityVideoPipeline
 from ..pipelines.lora_loader import EXTRA_WEIGHTS, TRAINING_RECORD
 from .config import TrainConfig
 
@@ -27,10 +29,6 @@ def export_trained(model, folder: Path, config: TrainConfig) -> Path:
     if config.training_mode == "full":
         model.save_pretrained(folder / "transformer")
     else:
-        from peft.utils import get_peft_model_state_dict
-
-        from ..pipelines import UnityVideoPipeline
-
         UnityVideoPipeline.save_lora_weights(
             folder,
             transformer_lora_layers=get_peft_model_state_dict(model),

@@ -13,8 +13,10 @@ import os
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
+import torch.distributed.checkpoint as dcp
+from accelerate import Accelerator, init_empty_weights
 from accelerate.utils import DistributedType
+from torch.distributed.fsdp import FSDPModule
 
 from ..models import UnityVideoTransformer3DModel
 from .config import ConfigError, TrainConfig
@@ -119,7 +121,6 @@ def owned_elements(model: torch.nn.Module, optimizer) -> dict:
 
 def reshard(model: torch.nn.Module) -> None:
     """Free the full weights a forward without backward leaves gathered (FSDP2 keeps the root's after a forward)."""
-    from torch.distributed.fsdp import FSDPModule
 
     for module in model.modules():
         if isinstance(module, FSDPModule):
@@ -128,14 +129,12 @@ def reshard(model: torch.nn.Module) -> None:
 
 def save_sharded_ema(ema, names: list[str], folder: Path) -> None:
     """Every rank writes its slices of the EMA weights (torch.distributed.checkpoint), beside accelerate's."""
-    import torch.distributed.checkpoint as dcp
 
     state = {"shadow": dict(zip(names, ema.shadow_params)), "optimization_step": ema.optimization_step}
     dcp.save(state, checkpoint_id=str(folder / EMA_FOLDER))
 
 
 def load_sharded_ema(ema, names: list[str], folder: Path) -> None:
-    import torch.distributed.checkpoint as dcp
 
     state = {"shadow": dict(zip(names, ema.shadow_params)), "optimization_step": 0}
     dcp.load(state, checkpoint_id=str(folder / EMA_FOLDER))  # into the shadow tensors, in place
@@ -150,7 +149,6 @@ def gather_full(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
 def unsharded_copy(sharded: torch.nn.Module, state: dict[str, torch.Tensor], prepare) -> torch.nn.Module:
     """A plain model built on the meta device (no memory) with the sharded one's config, made trainable the same way
     by `prepare` (LoRA adapters, requires_grad), then given the gathered `state` itself (no copy)."""
-    from accelerate import init_empty_weights
 
     with init_empty_weights():
         model = UnityVideoTransformer3DModel.from_config(sharded.config)

@@ -12,6 +12,7 @@ place. Under sharding (FSDP2, DeepSpeed ZeRO) see sharding.py for what changes.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -23,14 +24,19 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, DistributedType, gather_object, set_seed
+from diffusers.training_utils import EMAModel
+from peft import LoraConfig
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..modalities import known_modalities, modality_prompt, register_modality
 from ..models import UnityVideoTransformer3DModel
+from ..pipelines import UnityVideoPipeline
 from ..tasks import resolve_task
+from ..video_io import save_video
 from .config import ConfigError, TrainConfig
 from .data import LatentCache, check_cache_fits, encode_split, modality_columns, pad_tokens, read_metadata
+from .lora import export_trained
 from .recipe import NoisedStreams, foreground_weight, lr_factor, noise_streams, sample_timesteps, stream_losses
 from .sharding import (
     RUN_LAYOUT,
@@ -141,8 +147,6 @@ def prepare_trainable(transformer: UnityVideoTransformer3DModel, config: TrainCo
     """Mark what trains (LoRA adapters or everything; the added modules too) and return optimizer groups."""
     transformer.requires_grad_(config.training_mode == "full")
     if config.training_mode == "lora":
-        from peft import LoraConfig
-
         transformer.add_adapter(
             LoraConfig(
                 r=config.lora_rank,
@@ -283,8 +287,6 @@ def train(
     clipped = [p for p in transformer.parameters() if p.requires_grad]
     ema = None
     if config.ema_decay > 0:
-        from diffusers.training_utils import EMAModel
-
         decay = config.ema_decay**config.ema_every  # one update every `ema_every` steps, as the release did
         ema = EMAModel(trainable, decay=decay, min_decay=decay)  # beside the weights: same device, same slices
     progress_state = TrainingProgress()
@@ -447,7 +449,6 @@ def train(
         _export_gathered(accelerator, transformer, trainable_names, ema, config, save_path)
     elif accelerator.is_main_process:
         model = accelerator.unwrap_model(transformer)
-        from .lora import export_trained
 
         export_trained(model, export, config)
         if ema is not None:
@@ -465,7 +466,6 @@ def train(
 def _export_gathered(accelerator: Accelerator, transformer, names: list[str], ema, config: TrainConfig, save_path):
     """Sharded: every rank sends its slices, the main process rebuilds the full model (no second copy of the weights)
     and writes final/ and final_ema/ exactly as an unsharded run does."""
-    from .lora import export_trained
 
     state = accelerator.get_state_dict(transformer)  # the full weights, on the main process only
     averaged = gather_full(ema.shadow_params) if ema is not None else None
@@ -507,7 +507,6 @@ def _encode_once(
     pending = [(cache, rows) for cache, rows in caches if cache is not None and not cache.is_complete()]
     if not pending:
         return
-    from ..pipelines import UnityVideoPipeline
 
     pipe = UnityVideoPipeline.from_pretrained(config.model_path, transformer=transformer).to(device)
     pipe.set_progress_bar_config(disable=True)
@@ -619,8 +618,6 @@ def _collate(
 def _validation_videos(transformer, config: TrainConfig, modality: str, step: int, write: bool = True) -> None:
     """Generate `validation_prompts` with the model as it is now, into save_path/validation/step-N/ (when `write`:
     a sharded model generates on every rank, and one writes)."""
-    from ..pipelines import UnityVideoPipeline
-    from ..video_io import save_video
 
     pipe = UnityVideoPipeline.from_pretrained(config.model_path, transformer=transformer)
     pipe.set_progress_bar_config(disable=True)
@@ -645,7 +642,6 @@ def _validation_videos(transformer, config: TrainConfig, modality: str, step: in
 
 def _fingerprint(parameters: list[torch.Tensor]) -> str:
     """A digest of the exact bytes of the trainable weights, to compare ranks."""
-    import hashlib
 
     digest = hashlib.sha256()
     for parameter in parameters:
