@@ -188,10 +188,10 @@ class FakeHub:
 
 @pytest.fixture
 def fake_hub(monkeypatch):
-    import huggingface_hub
+    from unityvideo_diffusers import hub
 
     FakeHub.calls = []
-    monkeypatch.setattr(huggingface_hub, "HfApi", FakeHub)
+    monkeypatch.setattr(hub, "HfApi", FakeHub)
     return FakeHub
 
 

@@ -13,11 +13,10 @@ import typing
 from pathlib import Path
 
 import httpx2
-import huggingface_hub
 import numpy as np
 import pytest
 
-from unityvideo_diffusers import DEMO_MODEL, UnityVideoPipeline
+from unityvideo_diffusers import DEMO_MODEL, UnityVideoPipeline, hub
 from unityvideo_diffusers.cli import NUMERIC_OPTIONS, _job_settings, build_parser, main
 from unityvideo_diffusers.tasks import resolve_task
 from unityvideo_diffusers.testing import tiny_pipeline_components
@@ -241,7 +240,7 @@ def test_save_pretrained_push_to_hub_writes_the_unityvideo_card(monkeypatch, tmp
         def upload_folder(self, folder_path, **kwargs):
             uploads.append((folder_path, (Path(folder_path) / "README.md").read_text()))
 
-    monkeypatch.setattr(huggingface_hub, "HfApi", FakeHub)
+    monkeypatch.setattr(hub, "HfApi", FakeHub)
     pipe = UnityVideoPipeline(**tiny_pipeline_components())
     pipe.save_pretrained(tmp_path / "saved", push_to_hub=True, repo_id="me/tiny")
     pipe.push_to_hub("me/tiny")

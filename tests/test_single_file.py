@@ -122,7 +122,7 @@ def test_truncated_file_is_refused_before_loading(released_file, config_folder, 
 
 
 def test_hub_address_is_fetched_as_one_file(released_file, config_folder, monkeypatch):
-    import huggingface_hub
+    from unityvideo_diffusers.models import single_file
 
     calls = []
 
@@ -130,7 +130,7 @@ def test_hub_address_is_fetched_as_one_file(released_file, config_folder, monkey
         calls.append((repo_id, filename, kwargs))
         return str(released_file)
 
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    monkeypatch.setattr(single_file, "hf_hub_download", download)
     url = "https://huggingface.co/KlingTeam/UnityVideo/blob/main/checkpoints/tiny.safetensors"
     UnityVideoTransformer3DModel.from_single_file(url, config=config_folder, revision="abc", progress=False)
     assert calls == [("KlingTeam/UnityVideo", "checkpoints/tiny.safetensors", {"revision": "abc"})]
