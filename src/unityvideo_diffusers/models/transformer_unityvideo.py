@@ -42,6 +42,7 @@ from diffusers.models.transformers.transformer_wan import (
     WanTransformerBlock,
 )
 from diffusers.utils import BaseOutput, apply_lora_scale
+from torch.distributed.tensor import DTensor
 
 from ..modalities import RELEASED_MODALITIES, resolve_modality
 from ..tasks import TASK_NAMES, resolve_task
@@ -505,13 +506,15 @@ class UnityVideoTransformer3DModel(
         cross-attention keys and values once per set of texts and reuse them. A denoising loop calls the model with
         the same texts at every step, so this saves 2 * num_layers projections of L text tokens per step, with
         bit-identical results. A text is recognised as the same tensor object, unmodified; any change of the weights
-        involved or of LoRA scales, adapters or merging computes anew. Left out: training (gradients),
-        group offloading enabled on entry (the projections run outside the blocks' onload hooks), attention processors
+        involved or of LoRA scales, adapters or merging computes anew. Left out: training (gradients), sharded
+        (FSDP) weights, group offloading enabled on entry (the projections run outside the blocks' onload hooks), attention processors
         other than `UnityVideoCrossAttnProcessor` and inference-mode tensors (no modification counter). The cache
         is emptied on exit.
         """
-        # the projections run outside the blocks' forward, so outside block-level offloading's onload hooks
-        cache = None if _is_group_offload_enabled(self) else TextProjectionCache()
+        # the projections run outside the blocks' forward, so outside the hooks that bring a block's weights in:
+        # block-level offloading's, and FSDP's all-gather of sharded weights
+        sharded = isinstance(next(self.blocks[0].parameters()), DTensor)
+        cache = None if _is_group_offload_enabled(self) or sharded else TextProjectionCache()
         outer, self._text_cache = self._text_cache, cache
         try:
             yield self._text_cache
