@@ -228,10 +228,9 @@ class UnityVideoBasePipeline(DiffusionPipeline, UnityVideoLoraLoaderMixin):
         overlapping by 8 frames (less in shorter windows).
         A size far from the trained one (more than 2x off on a side) gets a warning that names it: a model draws
         tiled patterns far outside the sizes it saw."""
-        defaults = self.job_defaults(job)
-        trained_frames, trained_height, trained_width = trained_size(
-            resolve_sampling_defaults(self.config.sampling_defaults)
-        )
+        every_job = resolve_sampling_defaults(self.config.sampling_defaults)
+        defaults = every_job[resolve_task(job).name]
+        trained_frames, trained_height, trained_width = trained_size(every_job)
         height = defaults["height"] if height is None else height
         width = defaults["width"] if width is None else width
         if isinstance(height, int) and isinstance(width, int) and height > 0 and width > 0:
