@@ -52,7 +52,6 @@ WAN22_VAE = dict(
     patch_size=2,
     scale_factor_spatial=16,
     scale_factor_temporal=4,
-    clip_output=False,
 )
 
 # the child process: one row, its peaks printed as JSON on the last line
