@@ -2,6 +2,7 @@
 
     python benchmarks/memory_5b.py --workdir /big/disk                  # every row
     python benchmarks/memory_5b.py --workdir /big/disk --rows bf16 int8  # some rows
+    python benchmarks/memory_5b.py --rows vae-121x704x1280 vae-121x704x1280-tiled --count   # counted, seconds
 
 The transformer is the released 5B config (5.01 B parameters) with random weights, written once in the released
 layout (`single_file_memory.write_random_release`, 10.02 GB) and loaded with `from_single_file`; the GGUF rows
@@ -11,6 +12,12 @@ reports two peaks read from the kernel (VmHWM): while loading, and while running
 "Group offload" keeps the weights on disk (`offload_to_disk_path`) and brings one block at a time into RAM: on a
 GPU the same hooks keep them in CPU RAM and bring one block at a time into GPU memory.
 The VAE rows decode latents with the Wan2.2 VAE's config (random weights, fp32, as diffusers' Wan pipelines run it).
+
+`--count` runs the VAE rows on fake tensors (shapes only, no arithmetic) and counts the bytes of the tensors alive at
+each moment: the peak of that count is the memory the decode's tensors need, without the process around them or the
+allocator's slack. A real decode at 121 x 704 x 1280 takes hours on a few CPU cores; counting it takes minutes. The
+5-frame rows are there to compare the count with the measured peak, on both code paths (tiles of 128 make tiling
+engage at 256 x 256; at diffusers' default tiles of 256 it does not, so the two 33 x 256 x 256 rows are the same).
 """
 
 from __future__ import annotations
@@ -32,11 +39,14 @@ TRANSFORMER_ROWS = {
     "gguf-q4_0": "GGUF Q4_0",
     "group": "bf16, group offload (block level, 1 block per group)",
 }
+# name: (frames, height, width, tile size or None); tiles overlap by a quarter, as diffusers' default 256 / 192
 VAE_ROWS = {
-    "vae-33x256x256": (33, 256, 256, False),
-    "vae-33x256x256-tiled": (33, 256, 256, True),
-    "vae-121x704x1280": (121, 704, 1280, False),
-    "vae-121x704x1280-tiled": (121, 704, 1280, True),
+    "vae-5x256x256": (5, 256, 256, None),
+    "vae-5x256x256-tiled128": (5, 256, 256, 128),
+    "vae-33x256x256": (33, 256, 256, None),
+    "vae-33x256x256-tiled": (33, 256, 256, 256),
+    "vae-121x704x1280": (121, 704, 1280, None),
+    "vae-121x704x1280-tiled": (121, 704, 1280, 256),
 }
 WAN22_VAE = dict(
     base_dim=160,
@@ -57,8 +67,8 @@ WAN22_VAE = dict(
 # the child process: one row, its peaks printed as JSON on the last line
 CHILD = r'''
 import json, sys, time, torch
-row, first, second = sys.argv[1:4]  # VAE rows: frames/height/width/tiled and the VAE config (JSON); else: the
-# checkpoint and the offload folder
+row, first, second = sys.argv[1:4]  # VAE rows: frames/height/width/tiled/counted and the VAE config (JSON); else:
+# the checkpoint and the offload folder
 
 
 def hwm():
@@ -75,17 +85,55 @@ def reset_peak():
 result = {}
 start = time.perf_counter()
 if row.startswith("vae"):
+    import contextlib, weakref
     from diffusers import AutoencoderKLWan
-    frames, height, width, tiled = json.loads(first)
-    vae = AutoencoderKLWan(**json.loads(second)).eval()
-    if tiled:
-        vae.enable_tiling()
-    latents = torch.randn(1, 48, (frames - 1) // 4 + 1, height // 16, width // 16)
-    result["load"] = hwm()
-    reset_peak()
-    with torch.no_grad():
-        video = vae.decode(latents).sample
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+    from torch.utils.weak import WeakIdKeyDictionary
+
+    class LiveBytes(TorchDispatchMode):
+        """Bytes of the tensor storages alive, and their peak: each storage counted once, from the op that made it
+        until it is freed."""
+
+        def __init__(self):
+            super().__init__()
+            self.counted, self.live, self.peak = WeakIdKeyDictionary(), 0, 0
+
+        def count(self, tensor):
+            storage = tensor.untyped_storage()
+            if storage not in self.counted:
+                self.counted[storage] = size = storage.nbytes()
+                self.live += size
+                self.peak = max(self.peak, self.live)
+                weakref.finalize(storage, self.free, size)
+
+        def free(self, size):
+            self.live -= size
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for leaf in tree_leaves(out):
+                if isinstance(leaf, torch.Tensor):
+                    self.count(leaf)
+            return out
+
+    frames, height, width, tile, counted = json.loads(first)
+    with FakeTensorMode() if counted else contextlib.nullcontext():
+        vae = AutoencoderKLWan(**json.loads(second)).eval()
+        if tile:
+            vae.enable_tiling(tile, tile, tile * 3 // 4, tile * 3 // 4)
+        latents = torch.randn(1, 48, (frames - 1) // 4 + 1, height // 16, width // 16)
+        counter = LiveBytes()
+        for tensor in (*vae.parameters(), *vae.buffers(), latents):
+            counter.count(tensor)
+        result["load"] = counter.live if counted else hwm()
+        reset_peak()
+        with counter if counted else contextlib.nullcontext(), torch.no_grad():
+            video = vae.decode(latents).sample
     result["shape"] = list(video.shape)
+    if counted:
+        result["run"] = counter.peak
 else:
     from unityvideo_diffusers import UnityVideoTransformer3DModel
     kwargs = {}
@@ -110,16 +158,16 @@ else:
     with torch.no_grad():
         out = model(**inputs)
     result["finite"] = bool(torch.isfinite(out.sample).all() and torch.isfinite(out.modality_sample).all())
-result["run"] = hwm()
+result.setdefault("run", hwm())
 result["run_seconds"] = time.perf_counter() - start
 print(json.dumps(result))
 '''
 
 
-def run_row(row: str, checkpoint: Path, workdir: Path) -> dict:
+def run_row(row: str, checkpoint: Path, workdir: Path, count: bool = False) -> dict:
     """One row in a fresh process; a failure (e.g. out of memory) is reported, not raised."""
     if row in VAE_ROWS:
-        args = [json.dumps(VAE_ROWS[row]), json.dumps(WAN22_VAE)]
+        args = [json.dumps([*VAE_ROWS[row], count]), json.dumps(WAN22_VAE)]
     else:
         source = (
             checkpoint.with_name(f"{checkpoint.stem}-{row[5:].upper()}.gguf") if row.startswith("gguf") else checkpoint
@@ -155,6 +203,7 @@ def main() -> None:
         "--rows", nargs="+", choices=[*TRANSFORMER_ROWS, *VAE_ROWS], default=[*TRANSFORMER_ROWS, *VAE_ROWS]
     )
     parser.add_argument("--keep", action="store_true", help="keep the random checkpoints in --workdir for later runs")
+    parser.add_argument("--count", action="store_true", help="VAE rows: count live tensor bytes on fake tensors")
     args = parser.parse_args()
 
     folder = Path(args.workdir or tempfile.mkdtemp())
@@ -163,10 +212,10 @@ def main() -> None:
     print(f"{'row':<26}{'load peak GiB':>15}{'forward/decode peak GiB':>25}{'seconds':>9}  what")
     for row in args.rows:
         started = time.perf_counter()
-        result = run_row(row, checkpoint, folder)
+        result = run_row(row, checkpoint, folder, args.count)
         what = TRANSFORMER_ROWS.get(row) or "VAE decode {}x{}x{}{}".format(
-            *VAE_ROWS[row][:3], ", tiled" if VAE_ROWS[row][3] else ""
-        )
+            *VAE_ROWS[row][:3], f", tiles of {VAE_ROWS[row][3]}" if VAE_ROWS[row][3] else ""
+        ) + (" (counted on fake tensors)" if args.count and row in VAE_ROWS else "")
         if "error" in result:
             print(f"{row:<26}{'-':>15}{'-':>25}{time.perf_counter() - started:>9.0f}  {what}: {result['error']}")
             continue

@@ -42,19 +42,9 @@ from unityvideo_diffusers.video_io import load_frames
 AUTHORS = ("reference", 20, 1.0)
 # (scheduler, steps, guidance); estimation runs without guidance
 CANDIDATES = {
-    "perception": [AUTHORS, *[("unipc", n, 1.0) for n in (2, 3, 4, 6, 8, 10)], ("euler", 4, 1.0), ("euler", 8, 1.0)],
-    "control": [
-        AUTHORS,
-        *[("unipc", n, 1.0) for n in (4, 6, 8, 10)],
-        *[("unipc", n, 3.0) for n in (3, 4, 5)],
-        ("euler", 8, 1.0),
-    ],
-    "joint": [
-        AUTHORS,
-        *[("unipc", n, 1.0) for n in (4, 6, 8, 10)],
-        *[("unipc", n, 3.0) for n in (3, 4, 5)],
-        ("euler", 8, 1.0),
-    ],
+    "perception": [AUTHORS, *[("unipc", n, 1.0) for n in (1, 2, 3, 4, 6, 8)], ("euler", 4, 1.0)],
+    "control": [AUTHORS, *[("unipc", n, 1.0) for n in (3, 4, 6, 8, 10)], ("unipc", 4, 3.0), ("euler", 8, 1.0)],
+    "joint": [AUTHORS, *[("unipc", n, 1.0) for n in (3, 4, 6, 8, 10)], ("unipc", 4, 3.0), ("euler", 8, 1.0)],
 }
 LOWER_IS_BETTER = ("abs_rel", "flow_epe", "normal_degrees")
 

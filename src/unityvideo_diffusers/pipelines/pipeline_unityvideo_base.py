@@ -647,7 +647,7 @@ class UnityVideoBasePipeline(DiffusionPipeline, UnityVideoLoraLoaderMixin):
         attention_kwargs,
     ):
         """Both streams' velocities, with classifier-free guidance on the RGB prompt."""
-        dtype = self.transformer.dtype
+        dtype = self._transformer_dtype
 
         def predict(branch, latents, modality_latents, timestep, text, modality_text, modality):
             with self.transformer.cache_context(branch):
@@ -701,8 +701,11 @@ class UnityVideoBasePipeline(DiffusionPipeline, UnityVideoLoraLoaderMixin):
 
     @contextmanager
     def _reuse_across_steps(self) -> Iterator[None]:
-        """What one denoising loop computes once and reuses at every step (see `reuse_text_projections`)."""
+        """What one denoising loop computes once and reuses at every step (see `reuse_text_projections`). The
+        transformer's dtype too: diffusers finds it by walking every module, which costs a small model a few % of a
+        step."""
         self._step_memo = {}
+        self._transformer_dtype = self.transformer.dtype
         reuse = self.transformer.cache_text_projections() if self.reuse_text_projections else nullcontext()
         try:
             with reuse:

@@ -372,19 +372,23 @@ def evaluate(
     guidance_scale: float | None = None,
     shape_reader: ShapeReader | None = None,
     device: str = "cpu",
+    cache_config=None,
 ) -> dict:
     """Every metric of the module docstring for one model, sampler and step count (of `jobs` only; joint
     includes the joint RGB-modality agreement). Clips are sampled at the world's size and length; `steps` and
     `guidance_scale` left at None are the model folder's. `guidance_scale` applies to the text-conditioned jobs (control and
     joint); estimation runs without guidance. `shape_reader` reads the generated objects' shapes; None:
     `calibrate_shape_reader` on this model's VAE and the world `data` was written with. Noise is drawn on the CPU,
-    so another `device` samples from the same starting points."""
+    so another `device` samples from the same starting points. `cache_config`: a diffusers step cache
+    (`FirstBlockCacheConfig`, `MagCacheConfig`, ...) to sample with."""
     if unknown := set(jobs) - set(JOBS):
         raise ValueError(f"Unknown jobs {sorted(unknown)}; choose from {JOBS}.")
 
     pipe = UnityVideoPipeline.from_pretrained(model).to(device)
     pipe.scheduler = scheduler_by_name(scheduler, pipe.scheduler)
     pipe.set_progress_bar_config(disable=True)
+    if cache_config is not None:
+        pipe.transformer.enable_cache(cache_config)
     perception = UnityVideoPerceptionPipeline.from_pipe(pipe)
     control = UnityVideoControlPipeline.from_pipe(pipe)
     world = read_world(data)
@@ -438,7 +442,11 @@ def evaluate(
                 **common,
             )
             score_joint(scores, scene, _array(joint.frames[0]), _array(joint.modality_frames[0]), shape_reader)
+            if cache_config is not None:  # word reading scores single forwards, not a sampler
+                pipe.transformer.disable_cache()
             score_word_reading(scores, pipe, scene, clip, torch.Generator().manual_seed(seed))
+            if cache_config is not None:
+                pipe.transformer.enable_cache(cache_config)
     return scores.means()
 
 

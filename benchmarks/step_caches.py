@@ -1,0 +1,180 @@
+"""diffusers' step caches on the two-stream model: what each saves, and what it costs in the demo model's metrics.
+
+    python -m unityvideo_diffusers.shapesworld.world --output data/demo-world --train 0 --eval 40 --seed 0 --demo-world
+    python -m unityvideo_diffusers.shapesworld.world --output data/calibration --train 8 --eval 0 --seed 1 --demo-world
+    python benchmarks/step_caches.py --data data/demo-world/eval --calibration data/calibration/train --steps 20
+
+Each job samples with UniPC (the folder's scheduler) at `--steps`, without guidance, uncached and under each cache:
+FirstBlockCache at three thresholds, MagCache with ratios calibrated on this model for each job (on clips apart from
+the held-out ones, averaged), and TaylorSeer (its blocks' attention and feed-forward outputs forecast between full
+steps). Quality is `unityvideo eval`'s metrics on the held-out clips; speed is the time spent inside the transformer
+and the wall time of a call on one clip, both against the uncached run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import re
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import FirstBlockCacheConfig, MagCacheConfig, TaylorSeerCacheConfig
+
+from unityvideo_diffusers import (
+    DEMO_MODEL,
+    UnityVideoControlPipeline,
+    UnityVideoPerceptionPipeline,
+    UnityVideoPipeline,
+)
+from unityvideo_diffusers.shapesworld.evaluation import calibrate_shape_reader, evaluate, scene_prompt
+from unityvideo_diffusers.shapesworld.world import read_world
+from unityvideo_diffusers.video_io import load_frames
+
+
+JOBS = ("perception", "control", "joint")
+
+
+def first_clip(folder: str) -> Path:
+    return sorted(p for p in Path(folder).iterdir() if (p / "scene.json").is_file())[0]
+
+
+def job_call(pipe: UnityVideoPipeline, job: str, clip: Path, steps: int):
+    """One call of `job` on `clip` at `steps` UniPC steps, without guidance."""
+    prompt = scene_prompt(json.loads((clip / "scene.json").read_text()))
+    settings = dict(num_inference_steps=steps, generator=torch.Generator().manual_seed(0))
+    if job == "perception":
+        runner = UnityVideoPerceptionPipeline.from_pipe(pipe)
+        return lambda: runner(video=load_frames(clip / "rgb"), modality="depth", **settings)
+    if job == "control":
+        runner = UnityVideoControlPipeline.from_pipe(pipe)
+        video = load_frames(clip / "depth")
+        return lambda: runner(prompt, control_video=video, modality="depth", guidance_scale=1.0, **settings)
+    return lambda: pipe(prompt, modality="segmentation", guidance_scale=1.0, **settings)
+
+
+def calibrate_mag_ratios(model: str, job: str, calibration: str, steps: int, clips: int = 4) -> list[float]:
+    """MagCache's per-step residual magnitude ratios for `job`, averaged over `clips` calibration clips."""
+    pipe = UnityVideoPipeline.from_pretrained(model)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.transformer.enable_cache(MagCacheConfig(calibrate=True, num_inference_steps=steps))
+    folders = sorted(p for p in Path(calibration).iterdir() if (p / "scene.json").is_file())[:clips]
+    runs = []
+    for clip in folders:
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            job_call(pipe, job, clip, steps)()
+        runs.append(json.loads(re.findall(r"^\[.*\]$", printed.getvalue(), re.MULTILINE)[-1]))
+    return [float(r) for r in np.mean(runs, axis=0)]
+
+
+def caches(mag_ratios: list[float], steps: int) -> dict:
+    return {
+        "none": None,
+        "first-block 0.05": FirstBlockCacheConfig(threshold=0.05),
+        "first-block 0.1": FirstBlockCacheConfig(threshold=0.1),
+        "first-block 0.2": FirstBlockCacheConfig(threshold=0.2),
+        "mag 0.06": MagCacheConfig(mag_ratios=mag_ratios, num_inference_steps=steps, threshold=0.06),
+        "mag 0.12": MagCacheConfig(mag_ratios=mag_ratios, num_inference_steps=steps, threshold=0.12),
+        # diffusers' default identifiers ("^blocks.*attn", matched whole) miss Wan's attn1 / attn2: name them
+        "taylorseer": TaylorSeerCacheConfig(
+            cache_interval=2,
+            disable_cache_before_step=max(2, steps // 5),
+            taylor_factors_dtype=torch.float32,
+            cache_identifiers=[r"blocks\.\d+\.(attn1|attn2|ffn)"],
+        ),
+    }
+
+
+def speed(model: str, job: str, config, clip: Path, steps: int, rounds: int) -> tuple[float, float]:
+    """Median seconds (inside the transformer, whole call) of a call with `config` on `clip`."""
+    pipe = UnityVideoPipeline.from_pretrained(model)
+    pipe.set_progress_bar_config(disable=True)
+    if config is not None:
+        pipe.transformer.enable_cache(config)
+    forward, inside = pipe.transformer.forward, [0.0]
+
+    def timed_forward(*args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return forward(*args, **kwargs)
+        finally:
+            inside[0] += time.perf_counter() - started
+
+    pipe.transformer.forward = timed_forward
+    call = job_call(pipe, job, clip, steps)
+    call()  # warm-up
+    transformer_times, call_times = [], []
+    for _ in range(rounds):
+        inside[0] = 0.0
+        started = time.perf_counter()
+        call()
+        call_times.append(time.perf_counter() - started)
+        transformer_times.append(inside[0])
+    return statistics.median(transformer_times), statistics.median(call_times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=str(DEMO_MODEL))
+    parser.add_argument("--data", required=True, help="a ShapesWorld eval split (held-out clips)")
+    parser.add_argument("--calibration", required=True, help="ShapesWorld clips apart from --data, for MagCache")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--jobs", nargs="+", choices=JOBS, default=list(JOBS))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--limit", type=int)
+    parser.add_argument("--rounds", type=int, default=5, help="timed calls per setting")
+    parser.add_argument("--results", type=Path, default=Path("step_caches.json"))
+    args = parser.parse_args()
+
+    results = json.loads(args.results.read_text()) if args.results.exists() else {}
+    reader = calibrate_shape_reader(UnityVideoPipeline.from_pretrained(args.model).vae, read_world(args.data))
+    for job in args.jobs:
+        ratios_key = f"{job}|mag_ratios|{args.steps}"
+        if ratios_key not in results:
+            results[ratios_key] = calibrate_mag_ratios(args.model, job, args.calibration, args.steps)
+        for name, config in caches(results[ratios_key], args.steps).items():
+            key = f"{job}|{name}|{args.steps}|{args.seed}"
+            if key in results:
+                continue
+            scores = evaluate(
+                args.model, args.data, args.steps, "unipc", args.limit, args.seed, (job,), 1.0, reader, "cpu", config
+            )
+            transformer_seconds, seconds = speed(
+                args.model, job, config, first_clip(args.data), args.steps, args.rounds
+            )
+            results[key] = {"scores": scores, "transformer_seconds": transformer_seconds, "seconds": seconds}
+            temporary = args.results.with_suffix(".tmp")
+            temporary.write_text(json.dumps(results, indent=1))
+            os.replace(temporary, args.results)
+            print(f"{key:<40} transformer {transformer_seconds:.3f} s, call {seconds:.3f} s", flush=True)
+
+    for job in args.jobs:
+        rows = {
+            k.split("|")[1]: v
+            for k, v in results.items()
+            if k.startswith(f"{job}|") and k.endswith(f"|{args.steps}|{args.seed}")
+        }
+        if "none" not in rows:
+            continue
+        metrics = sorted(m for m in rows["none"]["scores"] if m.startswith(f"{job}/") and m.count("/") == 1)
+        print(f"\n{job}, UniPC {args.steps} steps, seed {args.seed}")
+        print("time: against the uncached call, inside the transformer and for the whole call")
+        header = f"{'cache':<18}{'transformer':>12}{'call':>7}"
+        print(header + "".join(f"{m.split('/')[1][:16]:>18}" for m in metrics))
+        none = rows["none"]
+        for name, row in rows.items():
+            print(
+                f"{name:<18}{row['transformer_seconds'] / none['transformer_seconds']:>12.2f}"
+                f"{row['seconds'] / none['seconds']:>7.2f}" + "".join(f"{row['scores'][m]:>18.3f}" for m in metrics)
+            )
+
+
+if __name__ == "__main__":
+    main()
