@@ -46,7 +46,7 @@ CANDIDATES = {
     "control": [AUTHORS, *[("unipc", n, 1.0) for n in (3, 4, 6, 8, 10)], ("unipc", 4, 3.0), ("euler", 8, 1.0)],
     "joint": [AUTHORS, *[("unipc", n, 1.0) for n in (3, 4, 6, 8, 10)], ("unipc", 4, 3.0), ("euler", 8, 1.0)],
 }
-LOWER_IS_BETTER = ("abs_rel", "flow_epe", "normal_degrees")
+LOWER_IS_BETTER = ("abs_rel", "flow_epe", "normal_degrees")  # parts of metric names
 
 
 def key(job: str, candidate: tuple, seed: int) -> str:
@@ -116,7 +116,7 @@ def report(results: dict, seeds: list[int], jobs: list[str]) -> None:
             cells, reaches = [], True
             for m in metrics:
                 mean, target = np.mean(values[m]), np.mean(reference[m])
-                lower = m.split("/")[1].startswith(LOWER_IS_BETTER)
+                lower = any(part in m for part in LOWER_IS_BETTER)
                 worse = (mean - target if lower else target - mean) > spread[m] + 1e-12
                 reaches &= not worse
                 cells.append(f"{mean:>17.3f}{'*' if worse else ' '}")
