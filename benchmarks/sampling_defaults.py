@@ -71,7 +71,7 @@ def sweep(model: str, data: str, seeds: list[int], jobs: list[str], limit: int |
     reader = None
     for seed in seeds:
         for job in jobs:
-            for candidate in CANDIDATES[job]:
+            for candidate in sorted(CANDIDATES[job], key=lambda c: (c != AUTHORS, evaluations(c))):  # cheap first
                 if key(job, candidate, seed) in results:
                     continue
                 if job == "joint" and reader is None:
