@@ -186,11 +186,15 @@ def main() -> None:
     parser.add_argument("--jobs", nargs="+", choices=list(CANDIDATES), default=list(CANDIDATES))
     parser.add_argument("--limit", type=int, help="only the first N clips")
     parser.add_argument("--timing", action="store_true", help="time the default calls instead")
+    parser.add_argument("--report", action="store_true", help="only print the table of what --results holds")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     if args.timing:
         timing(args.model, args.data, args.rounds, args.threads)
+        return
+    if args.report:
+        report(json.loads(args.results.read_text()), args.seeds, args.jobs)
         return
     report(sweep(args.model, args.data, args.seeds, args.jobs, args.limit, args.results), args.seeds, args.jobs)
 
