@@ -191,6 +191,27 @@ def test_small_modules_stay_unquantized_by_default(folder):
     assert keep_unquantized(None) is None and keep_unquantized({"quant_method": "gguf"}) == {"quant_method": "gguf"}
 
 
+def test_released_file_quantizes_as_it_loads(folder):
+    """`from_single_file(..., quantization_config=...)` quantizes each weight as it is read (diffusers' quantizers take
+    a file for pre-quantized unless told it is not, and would keep its bf16 weights), exactly as the folder does."""
+    int8 = lambda: TorchAoConfig(torchao.Int8WeightOnlyConfig())  # noqa: E731
+    from_file = UnityVideoTransformer3DModel.from_single_file(
+        folder / "released.safetensors", config=folder, torch_dtype=torch.bfloat16, quantization_config=int8()
+    )
+    from_folder = UnityVideoTransformer3DModel.from_pretrained(
+        folder / "pipeline" / "transformer", torch_dtype=torch.bfloat16, quantization_config=int8()
+    )
+    assert type(from_file.blocks[0].ffn.net[2].weight.data) is type(from_folder.blocks[0].ffn.net[2].weight.data)
+    assert type(from_file.blocks[0].ffn.net[2].weight.data) is not torch.Tensor
+    assert type(from_file.proj_out.weight.data) is torch.Tensor
+    generator = torch.Generator().manual_seed(0)
+    latents = torch.randn(1, from_file.config.in_channels, 2, 4, 4, generator=generator).bfloat16()
+    text = torch.randn(1, 8, from_file.config.text_dim, generator=generator).bfloat16()
+    inputs = dict(timestep=torch.tensor([500.0]), encoder_hidden_states=text, modality_hidden_states=latents)
+    with torch.no_grad():
+        assert torch.equal(from_file(latents, **inputs).sample, from_folder(latents, **inputs).sample)
+
+
 def test_gguf_file_keeps_names_config_and_small_modules(folder):
     path = folder / "transformer-Q8_0.gguf"
     gguf_transformer(folder, "Q8_0")

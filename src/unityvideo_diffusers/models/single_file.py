@@ -210,7 +210,7 @@ class FromReleasedCheckpointMixin:
         names = {released: name for name, released in plan.items()}
         expected = expected_sha256(path, sha256)
 
-        hf_quantizer, torch_dtype = _quantizer(quantization_config, torch_dtype)
+        hf_quantizer, torch_dtype = _quantizer(quantization_config, torch_dtype, pre_quantized=False)
         model, keep_in_fp32 = _empty_model(cls, config_dict, torch_dtype, hf_quantizer)
         digest = hashlib.sha256()
         total = sum(info.nbytes for info in header.tensors.values())
@@ -283,7 +283,9 @@ def _from_gguf(cls, path: Path, config, subfolder, torch_dtype, quantization_con
 
     compute_dtype = torch_dtype or torch.bfloat16
     hf_quantizer, torch_dtype = _quantizer(
-        quantization_config or keep_unquantized(GGUFQuantizationConfig(compute_dtype=compute_dtype)), torch_dtype
+        quantization_config or keep_unquantized(GGUFQuantizationConfig(compute_dtype=compute_dtype)),
+        torch_dtype,
+        pre_quantized=True,
     )
     model, keep_in_fp32 = _empty_model(cls, config_dict, torch_dtype, hf_quantizer, state)
     load_model_dict_into_meta(
@@ -327,11 +329,13 @@ def _load_config(cls, config, subfolder: str | None, hub_kwargs: dict) -> dict |
     return loaded
 
 
-def _quantizer(quantization_config, torch_dtype: torch.dtype | None):
-    """diffusers' quantizer for `quantization_config` (None without one) and the dtype it loads the rest in."""
+def _quantizer(quantization_config, torch_dtype: torch.dtype | None, pre_quantized: bool):
+    """diffusers' quantizer for `quantization_config` (None without one) and the dtype it loads the rest in.
+    `pre_quantized`: the file holds quantized tensors (GGUF); otherwise the quantizer quantizes each weight as it loads
+    (diffusers' quantizers assume pre-quantized unless told, and would then load the weights as they are)."""
     if quantization_config is None:
         return None, torch_dtype
-    hf_quantizer = DiffusersAutoQuantizer.from_config(quantization_config)
+    hf_quantizer = DiffusersAutoQuantizer.from_config(quantization_config, pre_quantized=pre_quantized)
     hf_quantizer.validate_environment(torch_dtype=torch_dtype, device_map=None)
     return hf_quantizer, hf_quantizer.update_torch_dtype(torch_dtype)
 
