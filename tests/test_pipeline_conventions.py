@@ -71,7 +71,7 @@ def test_unset_settings_take_the_folders_defaults_and_save_pretrained_keeps_them
 
 def test_a_folder_without_defaults_samples_like_the_released_model(components):
     assert tiny(components=components).job_defaults("text2all") == dict(
-        height=256, width=256, num_frames=33, num_inference_steps=50, guidance_scale=5.0, scheduler="default"
+        height=256, width=256, num_frames=33, num_inference_steps=10, guidance_scale=1.0, scheduler="default"
     )
 
 

@@ -82,9 +82,11 @@ TEXT_TOKENS = 32  # the world's longest prompt has 19; padding to Wan's 512 made
 NEIGHBOUR_OFFSETS = (0, -1, 1, 2)  # the text encoder's heads, each fixed on the token at this offset
 STREAMS = ("rgb", *MODALITY_COLUMNS)
 # The model folder's sampling defaults (its size and length; steps and guidance chosen with `unityvideo eval`).
+# The fewest UniPC steps (at the training shift, 5) that sample each job as well as the authors' 20 unshifted Euler
+# steps on the held-out clips, within their seed-to-seed spread, without guidance (benchmarks/sampling_defaults.py)
 SAMPLING_DEFAULTS = {
-    job: dict(height=64, width=64, num_frames=17, num_inference_steps=20, guidance_scale=guidance)
-    for job, guidance in (("joint", 3.0), ("control", 3.0), ("perception", 1.0))
+    job: dict(height=64, width=64, num_frames=17, num_inference_steps=steps, guidance_scale=1.0)
+    for job, steps in (("joint", 4), ("control", 3), ("perception", 1))
 }
 # The transformer's run ends with a finishing phase on the same data, from the main phase's EMA weights. Optical flow
 # is the one estimate that compares frames, and it is learned late: spread over a whole run, 2.5x its share of the
