@@ -280,3 +280,5 @@ def test_the_eval_command_scores_the_bundled_model_and_writes_its_table(tmp_path
     )
     printed = capsys.readouterr().out
     assert "model/default/2" in printed and f"Wrote {output}." in printed
+    main([*argv, "--shape-reader", "exact", "--output", str(output)])  # no --steps: each job the folder's own
+    assert set(json.loads(output.read_text())) == {"trivial", "model/default/defaults"}

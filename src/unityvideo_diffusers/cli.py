@@ -485,7 +485,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="a ShapesWorld eval split folder (python -m unityvideo_diffusers.shapesworld.world)",
     )
     evaluation.add_argument("--baseline-model", help="e.g. the untrained starting folder")
-    evaluation.add_argument("--steps", type=int, nargs="+", help="step counts to score (default: the model's)")
+    evaluation.add_argument(
+        "--steps", type=int, nargs="+", help="step counts to score (default: the model's, each job its own)"
+    )
     evaluation.add_argument("--schedulers", nargs="+", default=["default"])
     evaluation.add_argument("--limit", type=int, help="only the first N clips")
     evaluation.add_argument(

@@ -38,7 +38,6 @@ from diffusers import AutoencoderKLWan
 
 from ..modalities import decode_depth, decode_flow, decode_segmentation
 from ..pipelines import UnityVideoControlPipeline, UnityVideoPerceptionPipeline, UnityVideoPipeline
-from ..sampling import resolve_sampling_defaults
 from ..schedulers import scheduler_by_name
 from ..tasks import TASK_NAMES
 from ..video_io import load_frames
@@ -582,17 +581,12 @@ def evaluate_all(
 ) -> dict[str, dict[str, float]]:
     """The columns `unityvideo eval` prints: the trivial baselines, the model at every scheduler x step count, and
     optionally an untrained `baseline_model` and the VAE's ceiling. `steps` and `guidance_scale` left at None are the
-    model folder's. One shape reader serves every column: calibrated
-    on `model`'s VAE (`shape_reader="calibrated"`), or the exact shapes (`"exact"`)."""
+    model folder's, each job its own (the column is then `model/<scheduler>/defaults`). One shape reader serves every
+    column: calibrated on `model`'s VAE (`shape_reader="calibrated"`), or the exact shapes (`"exact"`)."""
     if shape_reader not in ("calibrated", "exact"):
         raise ValueError(f"shape_reader must be 'calibrated' or 'exact', got {shape_reader!r}.")
     jobs = tuple(jobs)
-    if steps is None:
-        steps = (
-            resolve_sampling_defaults(UnityVideoPipeline.load_config(model).get("sampling_defaults"))["joint"][
-                "num_inference_steps"
-            ],
-        )
+    steps = (None,) if steps is None else steps
     reader = EXACT_SHAPES
     if "joint" in jobs and shape_reader == "calibrated":
         vae = AutoencoderKLWan.from_pretrained(model, subfolder="vae").eval().to(device)
@@ -601,7 +595,9 @@ def evaluate_all(
     common = dict(limit=limit, jobs=jobs, guidance_scale=guidance_scale, shape_reader=reader, device=device)
     for scheduler in schedulers:
         for count in steps:
-            results[f"model/{scheduler}/{count}"] = evaluate(model, data, count, scheduler, **common)
+            results[f"model/{scheduler}/{'defaults' if count is None else count}"] = evaluate(
+                model, data, count, scheduler, **common
+            )
     if baseline_model:
         results["untrained"] = evaluate(baseline_model, data, steps[0], schedulers[0], **common)
     if with_vae_ceiling:
