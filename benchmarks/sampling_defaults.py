@@ -60,6 +60,10 @@ def evaluations(candidate: tuple) -> int:
     return steps * (2 if guidance > 1 else 1)
 
 
+def first_clip(data: str | Path) -> Path:
+    return sorted(p for p in Path(data).iterdir() if (p / "scene.json").is_file())[0]
+
+
 def save_atomically(results: dict, path: Path) -> None:
     temporary = path.with_suffix(".tmp")
     temporary.write_text(json.dumps(results, indent=1, sort_keys=True))
@@ -135,7 +139,7 @@ def report(results: dict, seeds: list[int], jobs: list[str]) -> None:
 def timing(model: str, data: str, rounds: int, threads: int) -> None:
     """Each job's default call against the authors' procedure on the first held-out clip, alternating."""
     torch.set_num_threads(threads)
-    clip = sorted(p for p in Path(data).iterdir() if (p / "scene.json").is_file())[0]
+    clip = first_clip(data)
     prompt = scene_prompt(json.loads((clip / "scene.json").read_text()))
     pipe = UnityVideoPipeline.from_pretrained(model)
     pipe.set_progress_bar_config(disable=True)

@@ -18,7 +18,6 @@ import argparse
 import contextlib
 import io
 import json
-import os
 import re
 import statistics
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from diffusers import FirstBlockCacheConfig, MagCacheConfig, TaylorSeerCacheConfig
+from sampling_defaults import first_clip, save_atomically
 
 from unityvideo_diffusers import (
     DEMO_MODEL,
@@ -40,10 +40,6 @@ from unityvideo_diffusers.video_io import load_frames
 
 
 JOBS = ("perception", "control", "joint")
-
-
-def first_clip(folder: str) -> Path:
-    return sorted(p for p in Path(folder).iterdir() if (p / "scene.json").is_file())[0]
 
 
 def job_call(pipe: UnityVideoPipeline, job: str, clip: Path, steps: int):
@@ -139,9 +135,7 @@ def main() -> None:
 
     def save(key: str, value) -> None:
         results[key] = value
-        temporary = args.results.with_suffix(".tmp")
-        temporary.write_text(json.dumps(results, indent=1))
-        os.replace(temporary, args.results)
+        save_atomically(results, args.results)
 
     reader = calibrate_shape_reader(UnityVideoPipeline.from_pretrained(args.model).vae, read_world(args.data))
     for job in args.jobs:
