@@ -551,8 +551,9 @@ class UnityVideoBasePipeline(DiffusionPipeline, UnityVideoLoraLoaderMixin):
         return mean, std
 
     # The VAE runs under `torch.inference_mode()`: the same numbers as under `no_grad`, with less bookkeeping per
-    # operation, which is a sixth of a small VAE's time (the demo model's decode: 182 -> 150 ms). Its outputs are
-    # cloned out of inference mode, so that callers may still edit them in place.
+    # operation, which is a sixth of a small VAE's time (the demo model's decode: 182 -> 150 ms). What leaves it is an
+    # ordinary tensor, so that callers may still edit it in place: encoded latents are cloned, and the decoded video's
+    # post-processing makes new tensors or arrays anyway.
 
     def encode_video(self, videos: torch.Tensor, device: torch.device) -> torch.Tensor:
         """(B, 3, F, H, W) in [-1, 1] -> normalised latents (float32), the VAE's mode (deterministic)."""
@@ -570,7 +571,7 @@ class UnityVideoBasePipeline(DiffusionPipeline, UnityVideoLoraLoaderMixin):
             latents = latents.to(self.vae.dtype)
             mean, std = self._latents_mean_std(latents)
             video = self.vae.decode(latents * std + mean, return_dict=False)[0]
-        return self.video_processor.postprocess_video(video.clone(), output_type=output_type)
+        return self.video_processor.postprocess_video(video, output_type=output_type)
 
     def prepare_condition_videos(
         self,

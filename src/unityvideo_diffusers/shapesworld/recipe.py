@@ -81,9 +81,9 @@ VAE = dict(
 TEXT_TOKENS = 32  # the world's longest prompt has 19; padding to Wan's 512 made half of a step cross-attention to pads
 NEIGHBOUR_OFFSETS = (0, -1, 1, 2)  # the text encoder's heads, each fixed on the token at this offset
 STREAMS = ("rgb", *MODALITY_COLUMNS)
-# The model folder's sampling defaults (its size and length; steps and guidance chosen with `unityvideo eval`).
-# The fewest UniPC steps (at the training shift, 5) that sample each job as well as the authors' 20 unshifted Euler
-# steps on the held-out clips, within their seed-to-seed spread, without guidance (benchmarks/sampling_defaults.py)
+# The model folder's sampling defaults: its size and length, and the fewest UniPC steps (at the training shift, 5)
+# that sample each job as well as the authors' 20 unshifted Euler steps on the held-out clips, within their
+# seed-to-seed spread, without guidance (benchmarks/sampling_defaults.py)
 SAMPLING_DEFAULTS = {
     job: dict(height=64, width=64, num_frames=17, num_inference_steps=steps, guidance_scale=1.0)
     for job, steps in (("joint", 4), ("control", 3), ("perception", 1))
