@@ -1,6 +1,7 @@
 """The pipelines' outputs for fixed seeds on tiny components, against outputs stored before the pipelines were
-restructured (tests/golden/pipelines.safetensors). A refactor that changes any number fails here. Rewritten once
-since, on purpose: the joint job's two streams now decode in one VAE batch, which moved its frames by 7.2e-7 at most.
+restructured (tests/golden/pipelines.safetensors). A refactor that changes any number fails here. Rewritten twice
+since, on purpose: the joint job's two streams decode in one VAE batch (frames moved by 7.2e-7 at most), and the
+VAE's 3-D convolutions run through oneDNN on channels-last activations on the CPU (2.3e-6 at most).
 
     python tests/test_pipeline_golden.py   # rewrite the stored outputs (only for an intended change of behaviour)
 """

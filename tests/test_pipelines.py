@@ -575,3 +575,38 @@ def test_from_pipe_keeps_components_and_dtypes(components, tmp_path):
     assert bare.text_encoder is None and bare.transformer is pipe.transformer
     with pytest.raises(TypeError, match="takes components"):
         UnityVideoPipeline.from_pipe(pipe, unet=None)
+
+
+def test_vae_convolutions_avoid_the_reference_kernel_and_keep_the_numbers(components):
+    """On the CPU the pipelines run the VAE's float32 3-D convolutions through oneDNN: PyTorch's own choice for a
+    batch-1 video this small is its reference kernel. Same function to fp32 rounding; modules are left as found."""
+    from torch.profiler import profile
+
+    from unityvideo_diffusers.pipelines.pipeline_unityvideo_base import conv3d_through_onednn
+
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("this PyTorch build has no oneDNN")
+    vae = components["vae"]
+    video = torch.rand(1, 3, 5, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+
+    def encode_and_decode():
+        with profile() as trace, torch.inference_mode():
+            latents = vae.encode(video).latent_dist.mode()
+            decoded = vae.decode(latents).sample
+        kernels = {event.key for event in trace.key_averages()}
+        return latents, decoded, kernels
+
+    plain_latents, plain_video, plain_kernels = encode_and_decode()
+    with conv3d_through_onednn(vae):
+        latents, decoded, kernels = encode_and_decode()
+    assert "aten::slow_conv3d_forward" in plain_kernels
+    assert "aten::slow_conv3d_forward" not in kernels
+    assert relative_error(latents, plain_latents) < 1e-5
+    assert (decoded - plain_video).abs().max() < 1e-5
+    assert not any("_conv_forward" in vars(module) for module in vae.modules())
+
+    double = copy.deepcopy(vae).double()  # other dtypes keep PyTorch's choice: bit for bit
+    with torch.inference_mode():
+        expected = double.decode(latents.double()).sample
+        with conv3d_through_onednn(double):
+            assert torch.equal(double.decode(latents.double()).sample, expected)
