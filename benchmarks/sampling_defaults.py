@@ -5,11 +5,11 @@
     python benchmarks/sampling_defaults.py --data data/demo-world/eval --timing                # time of the calls
 
 The authors sample with Euler on a linear grid, 20 steps, no guidance (`reference`, 20, 1): 20 evaluations. Each
-candidate (scheduler, steps, guidance) is scored with `unityvideo eval`'s metrics on the held-out clips at every seed.
+candidate (scheduler, steps, guidance[, flow shift when not the folder's]) is scored with `unityvideo eval`'s metrics on the held-out clips at every seed.
 A candidate *reaches* the authors' procedure when, on every metric of its job, its mean over the seeds is no worse
 than the procedure's mean by more than the procedure's seed-to-seed spread (max - min over the seeds). The cheapest
 candidate that reaches it, counted in transformer evaluations (steps, twice that under guidance), is the job's
-pick. Results are kept in `--results` after every evaluation, so a stopped sweep resumes where it stopped.
+pick; among equals, the folder's own flow shift first. Results are kept in `--results` after every evaluation, so a stopped sweep resumes where it stopped.
 
 `--timing` times each job's default call (the model folder's `sampling_defaults`, no settings passed) against the
 authors' procedure on one held-out clip, alternating the two in one process, and prints the ratio per round.
@@ -51,19 +51,25 @@ CANDIDATES = {
         ("euler", 8, 1.0),
         ("dpm", 3, 1.0),
         ("dpm", 4, 1.0),
+        *[("unipc", 3, 1.0, shift) for shift in (2.0, 5.0, 7.0, 10.0)],  # the folder's shift is 3
     ],
 }
 LOWER_IS_BETTER = ("abs_rel", "flow_epe", "normal_degrees")  # parts of metric names
 
 
 def key(job: str, candidate: tuple, seed: int) -> str:
-    scheduler, steps, guidance = candidate
-    return f"{job}|{scheduler}|{steps}|{guidance:g}|{seed}"
+    scheduler, steps, guidance, *shift = candidate
+    return f"{job}|{scheduler}|{steps}|{guidance:g}|{seed}" + "".join(f"|shift{value:g}" for value in shift)
+
+
+def label(candidate: tuple) -> str:
+    scheduler, steps, guidance, *shift = candidate
+    return f"{scheduler}, {steps}, {guidance:g}" + "".join(f", shift {value:g}" for value in shift)
 
 
 def evaluations(candidate: tuple) -> int:
     """Transformer evaluations of one call: a guided step evaluates twice."""
-    _, steps, guidance = candidate
+    _, steps, guidance, *_ = candidate
     return steps * (2 if guidance > 1 else 1)
 
 
@@ -88,10 +94,19 @@ def sweep(model: str, data: str, seeds: list[int], jobs: list[str], limit: int |
                 if job == "joint" and reader is None:
                     vae = UnityVideoPipeline.from_pretrained(model).vae
                     reader = calibrate_shape_reader(vae, read_world(data))
-                scheduler, steps, guidance = candidate
+                scheduler, steps, guidance, *shift = candidate
                 started = time.perf_counter()
                 scores = evaluate(
-                    model, data, steps, scheduler, limit, seed, (job,), guidance_scale=guidance, shape_reader=reader
+                    model,
+                    data,
+                    steps,
+                    scheduler,
+                    limit,
+                    seed,
+                    (job,),
+                    guidance_scale=guidance,
+                    shape_reader=reader,
+                    flow_shift=shift[0] if shift else None,
                 )
                 results[key(job, candidate, seed)] = scores
                 save_atomically(results, path)
@@ -131,16 +146,11 @@ def report(results: dict, seeds: list[int], jobs: list[str]) -> None:
                 worse = (mean - target if lower else target - mean) > spread[m] + 1e-12
                 reaches &= not worse
                 cells.append(f"{mean:>17.3f}{'*' if worse else ' '}")
-            name = "{}, {}, {:g}".format(*candidate)
-            print(f"{name:<28}{evaluations(candidate):>6}" + "".join(cells))
+            print(f"{label(candidate):<28}{evaluations(candidate):>6}" + "".join(cells))
             if reaches:
                 reaching.append(candidate)
-        pick = min(reaching, key=lambda c: (evaluations(c), c[2], c[1]))
-        print(
-            "pick: {}, {} steps, guidance {:g} ({} evaluations against the authors' 20)".format(
-                *pick, evaluations(pick)
-            )
-        )
+        pick = min(reaching, key=lambda c: (evaluations(c), c[2], len(c), c[1]))
+        print(f"pick: {label(pick)} ({evaluations(pick)} evaluations against the authors' 20)")
 
 
 def timing(model: str, data: str, rounds: int, threads: int) -> None:

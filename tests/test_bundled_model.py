@@ -20,7 +20,7 @@ import pytest
 
 from unityvideo_diffusers import DEMO_MODEL
 from unityvideo_diffusers.shapesworld.evaluation import calibrate_shape_reader, evaluate, vae_ceiling
-from unityvideo_diffusers.shapesworld.recipe import SAMPLING_DEFAULTS
+from unityvideo_diffusers.shapesworld.recipe import SAMPLING_DEFAULTS, SAMPLING_FLOW_SHIFT
 from unityvideo_diffusers.shapesworld.world import DEMO_WORLD, WorldConfig, write_split
 from unityvideo_diffusers.video_io import load_frames
 
@@ -37,6 +37,8 @@ def test_the_demo_model_is_bundled_and_small():
     defaults = json.loads((DEMO_MODEL / "model_index.json").read_text())["sampling_defaults"]
     assert {(d["height"], d["width"], d["num_frames"]) for d in defaults.values()} == {(64, 64, 17)}
     assert defaults == SAMPLING_DEFAULTS  # a rebuild by the recipe records the same measured defaults
+    scheduler = json.loads((DEMO_MODEL / "scheduler" / "scheduler_config.json").read_text())
+    assert scheduler["flow_shift"] == SAMPLING_FLOW_SHIFT
 
 
 def test_generate_estimate_control_default_to_the_demo_model(tmp_path):

@@ -310,3 +310,30 @@ def test_scheduler_choices_keep_the_folder_shift():
     assert scheduler_by_name("dpm", folder).config.flow_shift == 2.0
     assert scheduler_by_name("unipc", folder).config.flow_shift == 2.0
     assert scheduler_by_name("unipc", FlowMatchEulerDiscreteScheduler(shift=3.0)).config.flow_shift == 3.0
+
+
+def test_scheduler_choices_take_another_shift_and_refuse_bad_ones(tmp_path, capsys):
+    from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
+
+    from unityvideo_diffusers.cli import main
+    from unityvideo_diffusers.schedulers import scheduler_by_name
+
+    folder = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+    for name in ("euler", "unipc", "dpm"):
+        chosen = scheduler_by_name(name, folder, 5.0)
+        assert chosen.config.get("flow_shift", chosen.config.get("shift")) == 5.0
+    reshifted = scheduler_by_name("default", folder, 5.0)
+    assert type(reshifted) is UniPCMultistepScheduler and reshifted.config.flow_shift == 5.0
+    assert reshifted.config.solver_order == folder.config.solver_order and folder.config.flow_shift == 3.0
+    assert scheduler_by_name("default", FlowMatchEulerDiscreteScheduler(shift=3.0), 7.0).config.shift == 7.0
+    for name, shift, message in (
+        ("reference", 5.0, "unshifted by design"),
+        ("unipc", 0.0, "positive number"),
+        ("unipc", -2.0, "positive number"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            scheduler_by_name(name, folder, shift)
+    # the command refuses before it loads or samples anything
+    with pytest.raises(SystemExit):
+        main(["eval", "--data", str(tmp_path), "--schedulers", "reference", "--flow-shift", "5"])
+    assert "unshifted by design" in capsys.readouterr().err

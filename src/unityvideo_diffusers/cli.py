@@ -489,6 +489,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--steps", type=int, nargs="+", help="step counts to score (default: the model's, each job its own)"
     )
     evaluation.add_argument("--schedulers", nargs="+", default=["default"])
+    evaluation.add_argument(
+        "--flow-shift", type=float, help="the schedulers' flow shift (default: the model folder's scheduler's)"
+    )
     evaluation.add_argument("--limit", type=int, help="only the first N clips")
     evaluation.add_argument(
         "--guidance-scale", type=float, help="for control and text -> video (default: the model's for each)"
@@ -548,6 +551,7 @@ def _eval(args: argparse.Namespace) -> str:
         with_vae_ceiling=args.vae_ceiling,
         shape_reader=args.shape_reader,
         device=args.device,
+        flow_shift=args.flow_shift,
     )
     Path(args.output).write_text(json.dumps(results, indent=2))
     return f"{format_table(results)}\nWrote {args.output}."

@@ -1,6 +1,6 @@
 from diffusers import UniPCMultistepScheduler
 
-from .by_name import SCHEDULER_NAMES, scheduler_by_name
+from .by_name import SCHEDULER_NAMES, check_scheduler_choice, scheduler_by_name
 from .flow_matching import check_flow_scheduler, flow_shift_of
 from .scheduling_linear_flow_match_euler import LinearFlowMatchEulerScheduler
 
@@ -22,5 +22,6 @@ __all__ = [
     "check_flow_scheduler",
     "default_scheduler",
     "flow_shift_of",
+    "check_scheduler_choice",
     "scheduler_by_name",
 ]

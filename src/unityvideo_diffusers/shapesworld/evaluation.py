@@ -38,7 +38,7 @@ from diffusers import AutoencoderKLWan
 
 from ..modalities import decode_depth, decode_flow, decode_segmentation
 from ..pipelines import UnityVideoControlPipeline, UnityVideoPerceptionPipeline, UnityVideoPipeline
-from ..schedulers import scheduler_by_name
+from ..schedulers import check_scheduler_choice, scheduler_by_name
 from ..tasks import TASK_NAMES
 from ..video_io import load_frames
 from .world import (
@@ -372,6 +372,7 @@ def evaluate(
     shape_reader: ShapeReader | None = None,
     device: str = "cpu",
     cache_config=None,
+    flow_shift: float | None = None,
 ) -> dict:
     """Every metric of the module docstring for one model, sampler and step count (of `jobs` only; joint
     includes the joint RGB-modality agreement). Clips are sampled at the world's size and length; `steps` and
@@ -379,12 +380,13 @@ def evaluate(
     joint); estimation runs without guidance. `shape_reader` reads the generated objects' shapes; None:
     `calibrate_shape_reader` on this model's VAE and the world `data` was written with. Noise is drawn on the CPU,
     so another `device` samples from the same starting points. `cache_config`: a diffusers step cache
-    (`FirstBlockCacheConfig`, `MagCacheConfig`, ...) to sample with."""
+    (`FirstBlockCacheConfig`, `MagCacheConfig`, ...) to sample with. `flow_shift`: the scheduler's shift, when not the
+    folder's."""
     if unknown := set(jobs) - set(JOBS):
         raise ValueError(f"Unknown jobs {sorted(unknown)}; choose from {JOBS}.")
 
     pipe = UnityVideoPipeline.from_pretrained(model).to(device)
-    pipe.scheduler = scheduler_by_name(scheduler, pipe.scheduler)
+    pipe.scheduler = scheduler_by_name(scheduler, pipe.scheduler, flow_shift)
     pipe.set_progress_bar_config(disable=True)
     if cache_config is not None:
         pipe.transformer.enable_cache(cache_config)
@@ -578,13 +580,17 @@ def evaluate_all(
     with_vae_ceiling: bool = False,
     shape_reader: str = "calibrated",
     device: str = "cpu",
+    flow_shift: float | None = None,
 ) -> dict[str, dict[str, float]]:
     """The columns `unityvideo eval` prints: the trivial baselines, the model at every scheduler x step count, and
     optionally an untrained `baseline_model` and the VAE's ceiling. `steps` and `guidance_scale` left at None are the
     model folder's, each job its own (the column is then `model/<scheduler>/defaults`). One shape reader serves every
-    column: calibrated on `model`'s VAE (`shape_reader="calibrated"`), or the exact shapes (`"exact"`)."""
+    column: calibrated on `model`'s VAE (`shape_reader="calibrated"`), or the exact shapes (`"exact"`). `flow_shift`:
+    the schedulers' shift, when not the folder's."""
     if shape_reader not in ("calibrated", "exact"):
         raise ValueError(f"shape_reader must be 'calibrated' or 'exact', got {shape_reader!r}.")
+    for scheduler in schedulers:  # before the first clip is sampled
+        check_scheduler_choice(scheduler, flow_shift)
     jobs = tuple(jobs)
     steps = (None,) if steps is None else steps
     reader = EXACT_SHAPES
@@ -592,7 +598,14 @@ def evaluate_all(
         vae = AutoencoderKLWan.from_pretrained(model, subfolder="vae").eval().to(device)
         reader = calibrate_shape_reader(vae, read_world(data))
     results = {"trivial": of_jobs(trivial_baselines(data, limit), jobs)}
-    common = dict(limit=limit, jobs=jobs, guidance_scale=guidance_scale, shape_reader=reader, device=device)
+    common = dict(
+        limit=limit,
+        jobs=jobs,
+        guidance_scale=guidance_scale,
+        shape_reader=reader,
+        device=device,
+        flow_shift=flow_shift,
+    )
     for scheduler in schedulers:
         for count in steps:
             results[f"model/{scheduler}/{'defaults' if count is None else count}"] = evaluate(
