@@ -43,10 +43,10 @@ AUTHORS = ("reference", 20, 1.0)
 # (scheduler, steps, guidance); estimation runs without guidance
 CANDIDATES = {
     "perception": [AUTHORS, *[("unipc", n, 1.0) for n in (1, 2, 3, 4, 6, 8)], ("euler", 4, 1.0)],
-    "control": [AUTHORS, *[("unipc", n, 1.0) for n in (3, 4, 6, 8, 10)], ("unipc", 4, 3.0), ("euler", 8, 1.0)],
+    "control": [AUTHORS, *[("unipc", n, 1.0) for n in (2, 3, 4, 6, 8, 10)], ("unipc", 4, 3.0), ("euler", 8, 1.0)],
     "joint": [
         AUTHORS,
-        *[("unipc", n, 1.0) for n in (3, 4, 6, 8, 10)],
+        *[("unipc", n, 1.0) for n in (2, 3, 4, 6, 8, 10)],
         ("unipc", 4, 3.0),
         ("euler", 8, 1.0),
         ("dpm", 3, 1.0),

@@ -87,7 +87,7 @@ STREAMS = ("rgb", *MODALITY_COLUMNS)
 # joint job reaches the authors' quality only at shift 2 or 3, which spend more of so few steps at low noise.
 SAMPLING_DEFAULTS = {
     job: dict(height=64, width=64, num_frames=17, num_inference_steps=steps, guidance_scale=1.0)
-    for job, steps in (("joint", 3), ("control", 3), ("perception", 1))
+    for job, steps in (("joint", 3), ("control", 2), ("perception", 1))
 }
 SAMPLING_FLOW_SHIFT = 3.0
 # The transformer's run ends with a finishing phase on the same data, from the main phase's EMA weights. Optical flow
