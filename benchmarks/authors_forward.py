@@ -91,6 +91,12 @@ def build_pair(config: dict, code: Path, site: Path | None, seed: int):
     return authors, ours
 
 
+def profile_forward(forward) -> str:
+    with torch.profiler.profile() as trace:
+        forward()
+    return trace.key_averages().table(sort_by="self_cpu_time_total", row_limit=12)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("code", type=Path, help="folder holding the authors' unityvideo/model.py")
@@ -107,6 +113,7 @@ def main() -> None:
         "texts' keys and values projected (timed apart, amortised over --steps)",
     )
     parser.add_argument("--steps", type=int, default=20, help="forwards of a call, to amortise one-time costs over")
+    parser.add_argument("--profile", action="store_true", help="also print where one forward of each spends its time")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -147,6 +154,8 @@ def main() -> None:
                 fn()
                 times[name].append(time.perf_counter() - start)
                 cpu_times[name].append(time.process_time() - cpu_start)
+        pairs = (("authors", run_authors), ("ours", run_ours))
+        profiles = {name: profile_forward(fn) for name, fn in pairs} if args.profile else {}
     ratios = [ours / authors for ours, authors in zip(times["ours"], times["authors"])]
     cpu_ratios = [ours / authors for ours, authors in zip(cpu_times["ours"], cpu_times["authors"])]
 
@@ -164,6 +173,8 @@ def main() -> None:
             f"ratio ours/authors ({clock}): median {statistics.median(values):.3f}  min {min(values):.3f}  "
             f"max {max(values):.3f}"
         )
+    for name, table in profiles.items():
+        print(f"\n{name}: one forward, operators by their own CPU time\n{table}")
     if args.compile or args.reuse:
         per_call = statistics.median(times["ours"]) * args.steps + one_time
         amortised = per_call / (statistics.median(times["authors"]) * args.steps)
