@@ -19,6 +19,7 @@ dim 128, 1152 joint tokens = a 33 x 256 x 256 video), fp32, text of 512 tokens a
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import importlib
 import statistics
@@ -91,10 +92,22 @@ def build_pair(config: dict, code: Path, site: Path | None, seed: int):
     return authors, ours
 
 
-def profile_forward(forward) -> str:
-    with torch.profiler.profile() as trace:
-        forward()
-    return trace.key_averages().table(sort_by="self_cpu_time_total", row_limit=12)
+def profile_forwards(forwards: dict, rounds: int = 3) -> str:
+    """Milliseconds of own CPU time per forward and operator (the ten largest), each side profiled `rounds` times,
+    alternating, so that a drift of the machine's speed falls on both."""
+    per_forward = {name: collections.Counter() for name in forwards}
+    for index in range(rounds):
+        for name in list(forwards) if index % 2 == 0 else reversed(forwards):
+            with torch.profiler.profile() as trace:
+                forwards[name]()
+            for event in trace.key_averages():
+                per_forward[name][event.key] += event.self_cpu_time_total / 1e3 / rounds
+    largest = sorted(set().union(*per_forward.values()), key=lambda op: -max(c[op] for c in per_forward.values()))
+    lines = [f"{'operator':<52}" + "".join(f"{name + ' ms':>12}" for name in forwards)]
+    for op in largest[:10]:
+        lines.append(f"{op[:51]:<52}" + "".join(f"{per_forward[name][op]:>12.0f}" for name in forwards))
+    lines.append(f"{'all':<52}" + "".join(f"{sum(per_forward[name].values()):>12.0f}" for name in forwards))
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -154,8 +167,7 @@ def main() -> None:
                 fn()
                 times[name].append(time.perf_counter() - start)
                 cpu_times[name].append(time.process_time() - cpu_start)
-        pairs = (("authors", run_authors), ("ours", run_ours))
-        profiles = {name: profile_forward(fn) for name, fn in pairs} if args.profile else {}
+        profile = profile_forwards({"authors": run_authors, "ours": run_ours}) if args.profile else None
     ratios = [ours / authors for ours, authors in zip(times["ours"], times["authors"])]
     cpu_ratios = [ours / authors for ours, authors in zip(cpu_times["ours"], cpu_times["authors"])]
 
@@ -173,8 +185,10 @@ def main() -> None:
             f"ratio ours/authors ({clock}): median {statistics.median(values):.3f}  min {min(values):.3f}  "
             f"max {max(values):.3f}"
         )
-    for name, table in profiles.items():
-        print(f"\n{name}: one forward, operators by their own CPU time\n{table}")
+    if profile:
+        print(
+            f"\nwhere a forward's time goes (own CPU time per operator, mean of 3 profiled forwards each)\n{profile}"
+        )
     if args.compile or args.reuse:
         per_call = statistics.median(times["ours"]) * args.steps + one_time
         amortised = per_call / (statistics.median(times["authors"]) * args.steps)
