@@ -19,9 +19,9 @@ SETTINGS = ("height", "width", "num_frames", "num_inference_steps", "guidance_sc
 # The released model was trained at 33 x 256 x 256, with noise levels drawn logit-normal and shifted by 5, so UniPC at
 # that shift samples where it was trained (the authors' unshifted grid spends a quarter of its steps at t <= 0.25,
 # where 0.3 % of the training went). Guidance 1, as the authors sample. Steps: the demo model, trained the same way,
-# reaches the authors' 20 Euler steps at 4 (joint), 3 (control) and 1 (perception) UniPC steps; a real video's
-# velocity field bends more than that of flat shapes, so the released model gets 10, 10 and 4: half the authors'
-# evaluations or fewer (docs/schedulers_and_speed.md).
+# reaches the authors' 20 Euler steps at 4 (joint), 3 (control) and 1 (perception) UniPC steps at shift 5 (its own
+# folder samples at shift 3, which lets 3 and 2 do); a real video's velocity field bends more than that of flat shapes,
+# so the released model gets 10, 10 and 4: half the authors' evaluations or fewer (docs/schedulers_and_speed.md).
 RELEASED_SAMPLING_DEFAULTS: dict[str, dict] = {
     "joint": dict(height=256, width=256, num_frames=33, num_inference_steps=10, guidance_scale=1.0, scheduler="default"),
     "control": dict(height=256, width=256, num_frames=33, num_inference_steps=10, guidance_scale=1.0, scheduler="default"),
