@@ -5,7 +5,7 @@
     python benchmarks/step_caches.py --data data/demo-world/eval --calibration data/calibration/train --steps 20
     python benchmarks/step_caches.py --data data/demo-world/eval --calibration data/calibration/train --steps 20 --timing
 
-Each job samples with UniPC (the folder's scheduler) at `--steps`, without guidance, uncached and under each cache:
+Each job samples with UniPC (at the folder's flow shift, or `--flow-shift`) at `--steps`, without guidance, uncached and under each cache:
 FirstBlockCache at three thresholds, MagCache with ratios calibrated on this model for each job (on clips apart from
 the held-out ones, averaged), and TaylorSeer (its blocks' attention and feed-forward outputs forecast between full
 steps). Quality is `unityvideo eval`'s metrics on the held-out clips; speed (`--timing`, apart, on an idle machine) is
@@ -34,6 +34,7 @@ from unityvideo_diffusers import (
     UnityVideoPerceptionPipeline,
     UnityVideoPipeline,
 )
+from unityvideo_diffusers.schedulers import scheduler_by_name
 from unityvideo_diffusers.shapesworld.evaluation import calibrate_shape_reader, evaluate, scene_prompt
 from unityvideo_diffusers.shapesworld.world import read_world
 from unityvideo_diffusers.video_io import load_frames
@@ -56,10 +57,19 @@ def job_call(pipe: UnityVideoPipeline, job: str, clip: Path, steps: int):
     return lambda: pipe(prompt, modality="segmentation", guidance_scale=1.0, **settings)
 
 
-def calibrate_mag_ratios(model: str, job: str, calibration: str, steps: int, clips: int = 4) -> list[float]:
-    """MagCache's per-step residual magnitude ratios for `job`, averaged over `clips` calibration clips."""
+def load(model: str, flow_shift: float | None) -> UnityVideoPipeline:
+    """The folder's pipeline, sampling with UniPC at `flow_shift` (None: the folder's)."""
     pipe = UnityVideoPipeline.from_pretrained(model)
+    pipe.scheduler = scheduler_by_name("unipc", pipe.scheduler, flow_shift)
     pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def calibrate_mag_ratios(
+    model: str, job: str, calibration: str, steps: int, flow_shift: float | None, clips: int = 4
+) -> list[float]:
+    """MagCache's per-step residual magnitude ratios for `job`, averaged over `clips` calibration clips."""
+    pipe = load(model, flow_shift)
     pipe.transformer.enable_cache(MagCacheConfig(calibrate=True, num_inference_steps=steps))
     folders = sorted(p for p in Path(calibration).iterdir() if (p / "scene.json").is_file())[:clips]
     runs = []
@@ -89,10 +99,11 @@ def caches(mag_ratios: list[float], steps: int) -> dict:
     }
 
 
-def speed(model: str, job: str, config, clip: Path, steps: int, rounds: int) -> tuple[float, float]:
+def speed(
+    model: str, job: str, config, clip: Path, steps: int, rounds: int, flow_shift: float | None
+) -> tuple[float, float]:
     """Median seconds (inside the transformer, whole call) of a call with `config` on `clip`."""
-    pipe = UnityVideoPipeline.from_pretrained(model)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = load(model, flow_shift)
     if config is not None:
         pipe.transformer.enable_cache(config)
     forward, inside = pipe.transformer.forward, [0.0]
@@ -125,6 +136,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--jobs", nargs="+", choices=JOBS, default=list(JOBS))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--flow-shift", type=float, help="UniPC's shift (default: the folder's)")
     parser.add_argument("--limit", type=int)
     parser.add_argument("--rounds", type=int, default=5, help="timed calls per setting")
     parser.add_argument("--results", type=Path, default=Path("step_caches.json"))
@@ -137,23 +149,27 @@ def main() -> None:
         results[key] = value
         save_atomically(results, args.results)
 
+    shift = "" if args.flow_shift is None else f"|shift{args.flow_shift:g}"
+
+    def key(job: str, name: str, which) -> str:  # which: a seed's metrics, or "time"
+        return f"{job}|{name}|{args.steps}|{which}{shift}"
+
     reader = calibrate_shape_reader(UnityVideoPipeline.from_pretrained(args.model).vae, read_world(args.data))
     for job in args.jobs:
-        ratios_key = f"{job}|mag_ratios|{args.steps}"
+        ratios_key = f"{job}|mag_ratios|{args.steps}{shift}"
         if ratios_key not in results:
-            save(ratios_key, calibrate_mag_ratios(args.model, job, args.calibration, args.steps))
+            save(ratios_key, calibrate_mag_ratios(args.model, job, args.calibration, args.steps, args.flow_shift))
         for name, config in caches(results[ratios_key], args.steps).items():
             if args.timing:  # always measured afresh: a timing belongs to the machine's state of the moment
                 transformer_seconds, seconds = speed(
-                    args.model, job, config, first_clip(args.data), args.steps, args.rounds
+                    args.model, job, config, first_clip(args.data), args.steps, args.rounds, args.flow_shift
                 )
-                save(f"{job}|{name}|{args.steps}|time", {"transformer": transformer_seconds, "call": seconds})
+                save(key(job, name, "time"), {"transformer": transformer_seconds, "call": seconds})
                 print(f"{job:<12}{name:<18} transformer {transformer_seconds:.3f} s, call {seconds:.3f} s", flush=True)
                 continue
-            key = f"{job}|{name}|{args.steps}|{args.seed}"
-            if key not in results:
+            if key(job, name, args.seed) not in results:
                 save(
-                    key,
+                    key(job, name, args.seed),
                     evaluate(
                         args.model,
                         args.data,
@@ -166,21 +182,22 @@ def main() -> None:
                         reader,
                         "cpu",
                         config,
+                        args.flow_shift,
                     ),
                 )
-                print(key, flush=True)
+                print(key(job, name, args.seed), flush=True)
 
     for job in args.jobs:
-        none = results.get(f"{job}|none|{args.steps}|{args.seed}")
+        none = results.get(key(job, "none", args.seed))
         if none is None:
             continue
         metrics = sorted(m for m in none if m.startswith(f"{job}/") and m.count("/") == 1)
         print(f"\n{job}, UniPC {args.steps} steps, seed {args.seed}")
         print("time: against the uncached call, inside the transformer and for the whole call (--timing)")
         print(f"{'cache':<18}{'transformer':>12}{'call':>7}" + "".join(f"{m.split('/')[1][:16]:>18}" for m in metrics))
-        base = results.get(f"{job}|none|{args.steps}|time")
+        base = results.get(key(job, "none", "time"))
         for name in caches([1.0], args.steps):
-            scores, time_ = (results.get(f"{job}|{name}|{args.steps}|{which}") for which in (args.seed, "time"))
+            scores, time_ = (results.get(key(job, name, which)) for which in (args.seed, "time"))
             ratios = [time_[k] / base[k] if time_ and base else float("nan") for k in ("transformer", "call")]
             cells = "".join(f"{scores[m]:>18.3f}" if scores else f"{'-':>18}" for m in metrics)
             print(f"{name:<18}{ratios[0]:>12.2f}{ratios[1]:>7.2f}" + cells)
