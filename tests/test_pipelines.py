@@ -605,6 +605,11 @@ def test_vae_convolutions_avoid_the_reference_kernel_and_keep_the_numbers(compon
     assert (decoded - plain_video).abs().max() < 1e-5
     assert not any("_conv_forward" in vars(module) for module in vae.modules())
 
+    compiled = copy.deepcopy(vae)  # traced with fake tensors, which oneDNN's kernel does not take
+    compiled.decoder.compile(backend="eager")
+    with torch.inference_mode(), conv3d_through_onednn(compiled):
+        assert (compiled.decode(plain_latents).sample - plain_video).abs().max() < 1e-5
+
     double = copy.deepcopy(vae).double()  # other dtypes keep PyTorch's choice: bit for bit
     with torch.inference_mode():
         expected = double.decode(latents.double()).sample

@@ -68,7 +68,7 @@ def own_aligned_memory(module: torch.nn.Module) -> None:
 
 
 def _onednn_conv3d(conv: torch.nn.Conv3d, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
-    if input.device.type != "cpu" or input.dtype != torch.float32:
+    if input.device.type != "cpu" or input.dtype != torch.float32 or torch.compiler.is_compiling():
         return torch.nn.Conv3d._conv_forward(conv, input, weight, bias)
     input = input.contiguous(memory_format=torch.channels_last_3d)
     return torch.ops.aten.mkldnn_convolution(
@@ -84,7 +84,7 @@ def conv3d_through_onednn(module: torch.nn.Module) -> Iterator[None]:
     matrix multiply), which is where a small VAE spends most of its time. Channels-last activations also make the
     Wan VAE's normalisation over channels a contiguous reduction. The demo model's encode and decode take half to
     three quarters of the time. Sums are taken in another order, so outputs move by about 1e-6. Other devices and
-    dtypes keep PyTorch's own choice."""
+    dtypes, and a compiled VAE (the compiler picks its own kernels), keep PyTorch's own choice."""
     convolutions = []
     if torch.backends.mkldnn.is_available():
         convolutions = [
