@@ -68,7 +68,8 @@ def own_aligned_memory(module: torch.nn.Module) -> None:
 
 
 def _onednn_conv3d(conv: torch.nn.Conv3d, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
-    if input.device.type != "cpu" or input.dtype != torch.float32 or torch.compiler.is_compiling():
+    plain_float32 = type(weight) in (torch.Tensor, torch.nn.Parameter) and input.dtype == weight.dtype == torch.float32
+    if input.device.type != "cpu" or not plain_float32 or torch.compiler.is_compiling():
         return torch.nn.Conv3d._conv_forward(conv, input, weight, bias)
     input = input.contiguous(memory_format=torch.channels_last_3d)
     return torch.ops.aten.mkldnn_convolution(
