@@ -330,6 +330,8 @@ def test_scheduler_choices_take_another_shift_and_refuse_bad_ones(tmp_path, caps
         ("reference", 5.0, "unshifted by design"),
         ("unipc", 0.0, "positive number"),
         ("unipc", -2.0, "positive number"),
+        ("dpm", float("inf"), "positive number"),
+        ("euler", True, "positive number"),
     ):
         with pytest.raises(ValueError, match=message):
             scheduler_by_name(name, folder, shift)

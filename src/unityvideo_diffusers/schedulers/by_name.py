@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from diffusers import DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 
 from .flow_matching import flow_shift_key, flow_shift_of
@@ -15,7 +17,8 @@ def check_scheduler_choice(name: str, shift: float | None = None) -> None:
     """Refuse an unknown scheduler name, or a flow shift that is not positive or goes to the unshifted 'reference'."""
     if name not in SCHEDULER_NAMES:
         raise ValueError(f"Unknown scheduler {name!r}; choose one of {', '.join(SCHEDULER_NAMES)}.")
-    if shift is not None and not (isinstance(shift, (int, float)) and shift > 0):
+    number = isinstance(shift, (int, float)) and not isinstance(shift, bool) and math.isfinite(shift)
+    if shift is not None and not (number and shift > 0):
         raise ValueError(f"A flow shift must be a positive number, got {shift!r}.")
     if shift is not None and name == "reference":
         raise ValueError("The authors' sampler ('reference') is unshifted by design; it takes no flow shift.")
