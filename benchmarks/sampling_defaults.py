@@ -5,11 +5,12 @@
     python benchmarks/sampling_defaults.py --data data/demo-world/eval --timing                # time of the calls
 
 The authors sample with Euler on a linear grid, 20 steps, no guidance (`reference`, 20, 1): 20 evaluations. Each
-candidate (scheduler, steps, guidance[, flow shift when not the folder's]) is scored with `unityvideo eval`'s metrics on the held-out clips at every seed.
-A candidate *reaches* the authors' procedure when, on every metric of its job, its mean over the seeds is no worse
-than the procedure's mean by more than the procedure's seed-to-seed spread (max - min over the seeds). The cheapest
-candidate that reaches it, counted in transformer evaluations (steps, twice that under guidance), is the job's
-pick; among equals, the folder's own flow shift first. Results are kept in `--results` after every evaluation, so a stopped sweep resumes where it stopped.
+candidate (scheduler, steps, guidance[, flow shift when not the folder's]) is scored with `unityvideo eval`'s metrics
+on the held-out clips at every seed. A candidate *reaches* the authors' procedure when, on every metric of its job,
+its mean over the seeds is no worse than the procedure's mean by more than the procedure's seed-to-seed spread (max -
+min over the seeds). The cheapest candidate that reaches it, counted in transformer evaluations (steps, twice that
+under guidance), is the job's pick; among equals, the folder's own flow shift first. Results are kept in `--results`
+after every evaluation, so a stopped sweep resumes where it stopped.
 
 `--timing` times each job's default call (the model folder's `sampling_defaults`, no settings passed) against the
 authors' procedure on one held-out clip, alternating the two in one process, and prints the ratio per round.
@@ -73,8 +74,13 @@ def evaluations(candidate: tuple) -> int:
     return steps * (2 if guidance > 1 else 1)
 
 
+def clip_folders(data: str | Path) -> list[Path]:
+    """A ShapesWorld split's clips, in order."""
+    return sorted(p for p in Path(data).iterdir() if (p / "scene.json").is_file())
+
+
 def first_clip(data: str | Path) -> Path:
-    return sorted(p for p in Path(data).iterdir() if (p / "scene.json").is_file())[0]
+    return clip_folders(data)[0]
 
 
 def save_atomically(results: dict, path: Path) -> None:

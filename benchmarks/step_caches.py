@@ -5,11 +5,12 @@
     python benchmarks/step_caches.py --data data/demo-world/eval --calibration data/calibration/train --steps 20
     python benchmarks/step_caches.py --data data/demo-world/eval --calibration data/calibration/train --steps 20 --timing
 
-Each job samples with UniPC (at the folder's flow shift, or `--flow-shift`) at `--steps`, without guidance, uncached and under each cache:
-FirstBlockCache at three thresholds, MagCache with ratios calibrated on this model for each job (on clips apart from
-the held-out ones, averaged), and TaylorSeer (its blocks' attention and feed-forward outputs forecast between full
-steps). Quality is `unityvideo eval`'s metrics on the held-out clips; speed (`--timing`, apart, on an idle machine) is
-the time spent inside the transformer and the wall time of a call on one clip, both against the uncached run.
+Each job samples with UniPC (at the folder's flow shift, or `--flow-shift`) at `--steps`, without guidance, uncached
+and under each cache: FirstBlockCache at three thresholds, MagCache with ratios calibrated on this model for each job
+(on clips apart from the held-out ones, averaged), and TaylorSeer (its blocks' attention and feed-forward outputs
+forecast between full steps). Quality is `unityvideo eval`'s metrics on the held-out clips; speed (`--timing`, apart,
+on an idle machine) is the time spent inside the transformer and the wall time of a call on one clip, both against
+the uncached run.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from diffusers import FirstBlockCacheConfig, MagCacheConfig, TaylorSeerCacheConfig
-from sampling_defaults import first_clip, save_atomically
+from sampling_defaults import clip_folders, first_clip, save_atomically
 
 from unityvideo_diffusers import (
     DEMO_MODEL,
@@ -71,9 +72,8 @@ def calibrate_mag_ratios(
     """MagCache's per-step residual magnitude ratios for `job`, averaged over `clips` calibration clips."""
     pipe = load(model, flow_shift)
     pipe.transformer.enable_cache(MagCacheConfig(calibrate=True, num_inference_steps=steps))
-    folders = sorted(p for p in Path(calibration).iterdir() if (p / "scene.json").is_file())[:clips]
     runs = []
-    for clip in folders:
+    for clip in clip_folders(calibration)[:clips]:
         printed = io.StringIO()
         with contextlib.redirect_stdout(printed):
             job_call(pipe, job, clip, steps)()
